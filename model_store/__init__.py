@@ -1,0 +1,1 @@
+"""Model artifacts: schema, demo model, manifest, loading, merging and verification."""

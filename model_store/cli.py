@@ -1,0 +1,67 @@
+"""``fashion-florence model ...``: build, merge and verify model directories."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from model_store.manifest import ManifestError
+
+
+def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    model = subcommands.add_parser("model", help="build, merge and verify model directories")
+    actions = model.add_subparsers(dest="action", required=True)
+
+    demo = actions.add_parser(
+        "build-demo", help="build a random-weight Florence-2 (offline, deterministic)"
+    )
+    demo.add_argument("--out", type=Path, required=True, help="output directory")
+    demo.add_argument(
+        "--preset",
+        default="demo",
+        choices=["demo", "florence-2-base", "florence-2-large"],
+        help="demo = tiny model for tests; the others have real dimensions (GPU benchmarks)",
+    )
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(handler=_build_demo)
+
+    merge = actions.add_parser("merge", help="merge a LoRA adapter into a base model")
+    merge.add_argument("base", help="base model directory or hub id")
+    merge.add_argument("adapter", type=Path, help="LoRA adapter directory (safetensors)")
+    merge.add_argument("out", type=Path, help="output directory for the merged model")
+    merge.set_defaults(handler=_merge)
+
+    verify = actions.add_parser("verify", help="check a model directory against its manifest")
+    verify.add_argument("directory", type=Path)
+    verify.set_defaults(handler=_verify)
+
+
+def _build_demo(args: argparse.Namespace) -> int:
+    from model_store.build import build_model
+
+    manifest = build_model(args.preset, args.out, seed=args.seed)
+    print(json.dumps({"out": str(args.out), "weights": manifest.weights}, indent=2))
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from model_store.merge import write_merged
+
+    manifest = write_merged(args.base, args.adapter, args.out)
+    print(json.dumps({"out": str(args.out), "weights": manifest.weights}, indent=2))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from model_store.manifest import verify_directory
+
+    try:
+        manifest = verify_directory(args.directory)
+    except ManifestError as exc:
+        print(f"FAILED: {exc}")
+        return 1
+    print(
+        f"OK: {manifest.name} (schema v{manifest.schema_version}, {len(manifest.weights)} weight file(s))"
+    )
+    return 0

@@ -1,0 +1,74 @@
+"""LoRA adapters for Florence-2 and merging them into the base weights.
+
+The paper fine-tunes with LoRA r=16, alpha=32. Production pods load merged weights only
+(``fashion-florence model merge``): a merged model runs at base-model speed with no peft
+indirection on the hot path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+import torch
+from peft import LoraConfig, PeftModel
+from transformers import Florence2ForConditionalGeneration
+
+from model_store.manifest import ModelManifest, new_manifest
+
+#: Every linear layer of the BART decoder: self-attention, cross-attention and the FFN.
+DECODER_LINEARS: Final = (
+    r".*language_model\.decoder\.layers\.\d+\."
+    r"(self_attn\.(q_proj|k_proj|v_proj|out_proj)|encoder_attn\.(q_proj|k_proj|v_proj|out_proj)|fc1|fc2)"
+)
+ADAPTER_WEIGHTS: Final = "adapter_model.safetensors"
+
+
+class AdapterError(Exception):
+    """An adapter directory that cannot be merged safely."""
+
+
+def decoder_lora_config(rank: int = 16, alpha: int = 32, dropout: float = 0.05) -> LoraConfig:
+    return LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=DECODER_LINEARS
+    )
+
+
+def check_adapter_dir(adapter_dir: Path) -> None:
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise AdapterError(f"{adapter_dir} is not a LoRA adapter (no adapter_config.json)")
+    if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
+        raise AdapterError(f"{adapter_dir} has no {ADAPTER_WEIGHTS}; pickled adapters are refused")
+
+
+def merge_adapter(
+    model: Florence2ForConditionalGeneration, adapter_dir: Path
+) -> Florence2ForConditionalGeneration:
+    """Fold a LoRA adapter into ``model``'s weights and return the plain model."""
+    check_adapter_dir(adapter_dir)
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    merged = peft_model.merge_and_unload()
+    if not isinstance(merged, Florence2ForConditionalGeneration):
+        raise AdapterError(f"merging {adapter_dir} gave {type(merged).__name__}, not Florence-2")
+    return merged
+
+
+def write_merged(base: str, adapter_dir: Path, out_dir: Path) -> ModelManifest:
+    """Merge ``adapter_dir`` into ``base`` and write a servable model with its manifest."""
+    from model_store.loading import load_model  # local: loading imports this module
+
+    loaded = load_model(base, adapter=adapter_dir, device="cpu", dtype=torch.float32)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loaded.model.save_pretrained(out_dir, safe_serialization=True)
+    loaded.processor.save_pretrained(out_dir)
+    manifest = new_manifest(
+        out_dir,
+        name=f"{loaded.manifest.name}+{adapter_dir.name}",
+        base_model=loaded.manifest.base_model if loaded.manifest.base_model else base,
+        adapter=adapter_dir.name,
+        prompt=loaded.manifest.prompt,
+        image_size=loaded.manifest.image_size,
+        dtype="float32",
+    )
+    manifest.write(out_dir)
+    return manifest

@@ -1,0 +1,1 @@
+"""Fashion Florence runtime: HTTP API, micro-batcher, engine, metrics."""

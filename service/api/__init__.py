@@ -1,0 +1,1 @@
+"""HTTP layer: thin routes, problem responses and pure-ASGI middleware."""

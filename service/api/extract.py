@@ -1,0 +1,178 @@
+"""``/v1/extract`` and ``/v1/extract/batch``: validate, enqueue, await, serialize."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.api.deps import get_extractor, model_ref
+from service.api.middleware import request_id_of
+from service.api.schemas import (
+    BatchFailure,
+    BatchResponse,
+    BatchSuccess,
+    ExtractResponse,
+    ItemError,
+    TimingMs,
+    UrlBatchRequest,
+    UrlRequest,
+)
+from service.errors import ErrorCode, ServiceError
+from service.extraction import Extraction, Extractor
+from service.settings import Settings
+
+router = APIRouter(prefix="/v1", tags=["extract"])
+
+_REQUEST_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                    "required": ["image"],
+                }
+            },
+            "application/json": {"schema": UrlRequest.model_json_schema()},
+        },
+    }
+}
+_BATCH_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "image": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                    "required": ["image"],
+                }
+            },
+            "application/json": {"schema": UrlBatchRequest.model_json_schema()},
+        },
+    }
+}
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def _json_body(request: Request, model: type[UrlRequest] | type[UrlBatchRequest]) -> Any:
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise ServiceError(ErrorCode.INVALID_REQUEST, _validation_detail(exc)) from exc
+
+
+def _validation_detail(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+    )
+
+
+async def _uploaded_images(request: Request, settings: Settings) -> list[bytes]:
+    too_many = ServiceError(
+        ErrorCode.TOO_MANY_ITEMS, f"at most {settings.max_batch_items} images per request"
+    )
+    try:
+        form = await request.form(max_files=settings.max_batch_items + 1, max_fields=16)
+    except StarletteHTTPException as exc:
+        # The parser stops at max_files (so a huge batch is not spooled to disk first); that
+        # is this API's too_many_items, not a malformed request.
+        if str(exc.detail).startswith("Too many files"):
+            raise too_many from exc
+        raise ServiceError(ErrorCode.INVALID_REQUEST, str(exc.detail)) from exc
+    try:
+        files = form.getlist("image")
+        if not files:
+            raise ServiceError(ErrorCode.INVALID_REQUEST, "multipart field 'image' is missing")
+        if len(files) > settings.max_batch_items:
+            raise too_many
+        images = []
+        for upload in files:
+            if not isinstance(upload, UploadFile):
+                raise ServiceError(ErrorCode.INVALID_REQUEST, "field 'image' must be a file upload")
+            images.append(await upload.read())
+        return images
+    finally:
+        await form.close()
+
+
+def _unsupported(request: Request) -> ServiceError:
+    return ServiceError(
+        ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+        f"content type {_media_type(request)!r}: send multipart/form-data or application/json",
+    )
+
+
+@router.post("/extract", response_model=ExtractResponse, openapi_extra=_REQUEST_BODY_DOC)
+async def extract(
+    request: Request, extractor: Annotated[Extractor, Depends(get_extractor)]
+) -> ExtractResponse:
+    started = time.perf_counter()
+    settings: Settings = request.app.state.settings
+    media_type = _media_type(request)
+    if media_type == "multipart/form-data":
+        images = await _uploaded_images(request, settings)
+        if len(images) != 1:
+            raise ServiceError(
+                ErrorCode.INVALID_REQUEST, "send exactly one 'image'; use /v1/extract/batch"
+            )
+        data = images[0]
+    elif media_type == "application/json":
+        data = await extractor.fetch((await _json_body(request, UrlRequest)).url)
+    else:
+        raise _unsupported(request)
+    result = await extractor.extract(data)
+    return ExtractResponse(
+        request_id=request_id_of(request.scope),
+        model=model_ref(request),
+        attributes=result.attributes,
+        timing_ms=TimingMs(
+            queue=round(result.queue_ms, 3),
+            inference=round(result.inference_ms, 3),
+            total=round((time.perf_counter() - started) * 1000.0, 3),
+        ),
+    )
+
+
+@router.post("/extract/batch", response_model=BatchResponse, openapi_extra=_BATCH_BODY_DOC)
+async def extract_batch(
+    request: Request, extractor: Annotated[Extractor, Depends(get_extractor)]
+) -> BatchResponse:
+    settings: Settings = request.app.state.settings
+    media_type = _media_type(request)
+    payloads: list[bytes | str]
+    if media_type == "multipart/form-data":
+        payloads = list(await _uploaded_images(request, settings))
+    elif media_type == "application/json":
+        urls = (await _json_body(request, UrlBatchRequest)).urls
+        if len(urls) > settings.max_batch_items:
+            raise ServiceError(
+                ErrorCode.TOO_MANY_ITEMS, f"at most {settings.max_batch_items} URLs per request"
+            )
+        payloads = list(urls)
+    else:
+        raise _unsupported(request)
+    results = await extractor.extract_many(payloads)
+    return BatchResponse(
+        request_id=request_id_of(request.scope),
+        model=model_ref(request),
+        results=[_batch_item(request, r) for r in results],
+    )
+
+
+def _batch_item(request: Request, result: Extraction | ServiceError) -> BatchSuccess | BatchFailure:
+    if isinstance(result, ServiceError):
+        request.app.state.metrics.errors.labels(result.code.value).inc()
+        return BatchFailure(error=ItemError(code=result.code.value, detail=result.detail))
+    return BatchSuccess(attributes=result.attributes)

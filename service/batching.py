@@ -1,0 +1,299 @@
+"""Async micro-batcher: many concurrent requests in, one model batch at a time out.
+
+One collector task groups queued requests into batches (by size, or by a deadline from the
+first item's arrival) and runs each on a single dedicated worker thread: model calls are
+serialized and never block the event loop. No HTTP, model or metrics library is known here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+
+logger = logging.getLogger(__name__)
+
+# Retry-After bounds: below 1 s is noise to a client; past a minute the number means nothing.
+_MIN_RETRY_AFTER_S = 1.0
+_MAX_RETRY_AFTER_S = 60.0
+# How many recent batches the drain-rate estimate averages over.
+_DRAIN_HISTORY = 32
+
+
+class QueueFullError(Exception):
+    """The queue is at capacity; ``retry_after_s`` estimates when room frees up."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"batch queue is full; retry after {retry_after_s:.0f}s")
+        self.retry_after_s = retry_after_s
+
+
+class BatcherClosedError(Exception):
+    """The batcher is not running (not started, stopping or stopped)."""
+
+
+class BatchObserver(Protocol):
+    """Metrics hooks, so the batcher stays free of any metrics library."""
+
+    def queue_depth(self, depth: int) -> None: ...  # after each put and each formed batch
+    def queue_wait(self, seconds: float) -> None: ...  # per item: submit() to batch start
+    def batch_run(self, size: int, seconds: float) -> None: ...  # per batch: run_batch time
+
+
+class NullObserver:
+    def queue_depth(self, depth: int) -> None: ...
+    def queue_wait(self, seconds: float) -> None: ...
+    def batch_run(self, size: int, seconds: float) -> None: ...
+
+
+@dataclass(slots=True)
+class _Pending(Generic[ItemT, ResultT]):
+    item: ItemT
+    future: asyncio.Future[ResultT]
+    enqueued_at: float
+
+
+class MicroBatcher(Generic[ItemT, ResultT]):
+    def __init__(
+        self,
+        run_batch: Callable[[list[ItemT]], list[ResultT]],
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
+        queue_size: int,
+        observer: BatchObserver | None = None,
+        name: str = "engine",
+        idle_poll_s: float = 1.0,
+    ) -> None:
+        if max_batch_size < 1 or queue_size < 1:
+            raise ValueError("max_batch_size and queue_size must be >= 1")
+        if max_wait_ms < 0 or idle_poll_s <= 0:
+            raise ValueError("max_wait_ms must be >= 0 and idle_poll_s > 0")
+        self._run_batch = run_batch
+        self._max_batch_size = max_batch_size
+        self._max_wait_s = max_wait_ms / 1000.0
+        self._queue_size = queue_size
+        self._observer: BatchObserver = observer if observer is not None else NullObserver()
+        self._name = name
+        # The collector never waits longer than this for a first item, so the heartbeat keeps
+        # ticking while idle and a liveness probe can tell "idle" from "wedged".
+        self.idle_poll_s = idle_poll_s
+
+        # None in the queue is the stop sentinel: it lands behind every accepted item, so
+        # stopping drains the queue in order instead of racing it.
+        self._queue: asyncio.Queue[_Pending[ItemT, ResultT] | None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._collector: asyncio.Task[None] | None = None
+        self._stop_task: asyncio.Task[None] | None = None
+        self._accepting = False
+        self._in_flight = 0
+        self._heartbeat = time.monotonic()
+        # (items, run seconds) of recent batches: the drain rate while the worker is busy,
+        # which is the case whenever the queue is full and a Retry-After is needed.
+        self._drain: deque[tuple[int, float]] = deque(maxlen=_DRAIN_HISTORY)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    @property
+    def running(self) -> bool:
+        return self._accepting and self._collector is not None and not self._collector.done()
+
+    @property
+    def last_heartbeat_monotonic(self) -> float:
+        """time.monotonic() of the collector's last loop turn; ticks at least every
+        ``idle_poll_s`` while idle. It stands still while a batch runs, so a stale value
+        means the model call is stuck (or the event loop is), which is what liveness wants."""
+        return self._heartbeat
+
+    async def start(self) -> None:
+        if self._stop_task is not None:
+            raise RuntimeError("a stopped MicroBatcher cannot be restarted; create a new one")
+        if self._collector is not None:
+            return
+        self._queue = asyncio.Queue(maxsize=self._queue_size)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
+        self._heartbeat = time.monotonic()
+        self._accepting = True
+        self._collector = asyncio.create_task(self._collect_loop(), name=f"{self._name}-batcher")
+
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Refuse new work, finish all accepted work, release the thread. Idempotent.
+
+        Work unfinished when ``timeout_s`` expires fails with BatcherClosedError, never lost.
+        """
+        self._accepting = False
+        if self._collector is None:
+            return
+        if self._stop_task is None:
+            self._stop_task = asyncio.create_task(self._shutdown(timeout_s))
+        # Shielded so a caller cancelled mid-stop does not abandon the shutdown half-way.
+        await asyncio.shield(self._stop_task)
+
+    async def _shutdown(self, timeout_s: float | None) -> None:
+        collector, queue, executor = self._collector, self._queue, self._executor
+        if collector is None or queue is None or executor is None:
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                if not collector.done():
+                    # put() (not put_nowait) because the queue may be full; the collector is
+                    # draining it, and submit() refuses new work, so room will appear.
+                    await queue.put(None)
+                await asyncio.shield(collector)
+            executor.shutdown(wait=True)  # the thread is idle: this returns at once
+        except TimeoutError:
+            logger.warning("batcher %s: stop timed out; failing unfinished work", self._name)
+            collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await collector
+            # The worker may still be inside run_batch; do not block the loop joining it.
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, item: ItemT) -> ResultT:
+        """Queue one item and wait for its result (or its batch's exception)."""
+        if not self.running or self._queue is None:
+            raise BatcherClosedError(f"batcher {self._name} is not running")
+        future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
+        try:
+            # Never wait for room: under overload an instant 503 with Retry-After beats a
+            # request that hangs until its client times out.
+            self._queue.put_nowait(_Pending(item, future, time.monotonic()))
+        except asyncio.QueueFull:
+            raise QueueFullError(self._retry_after_s()) from None
+        self._notify(self._observer.queue_depth, self._queue.qsize())
+        # If our caller is cancelled, awaiting cancels `future` too; the collector sees that
+        # and skips the item, so abandoned requests cost no model time.
+        return await future
+
+    def _retry_after_s(self) -> float:
+        items = sum(n for n, _ in self._drain)
+        seconds = sum(s for _, s in self._drain)
+        if items == 0 or seconds <= 0:
+            return _MIN_RETRY_AFTER_S
+        backlog = self.queue_depth + self._in_flight
+        estimate = math.ceil(backlog / (items / seconds))
+        return float(min(_MAX_RETRY_AFTER_S, max(_MIN_RETRY_AFTER_S, estimate)))
+
+    async def _collect_loop(self) -> None:
+        queue = self._queue
+        assert queue is not None
+        try:
+            while True:
+                self._heartbeat = time.monotonic()
+                batch, stop = await self._next_batch(queue)
+                # Batches run one after another rather than pipelined: while the model works
+                # the queue fills, and the next batch takes up to max_batch_size at once, so
+                # batches grow with load instead of being frozen early at a small size.
+                if batch:
+                    await self._run(batch)
+                if stop:
+                    return
+        finally:
+            # Only reached with items left on cancellation (stop timeout): fail them loudly.
+            while not queue.empty():
+                pending = queue.get_nowait()
+                if pending is not None and not pending.future.done():
+                    pending.future.set_exception(BatcherClosedError("batcher stopped"))
+
+    async def _next_batch(
+        self, queue: asyncio.Queue[_Pending[ItemT, ResultT] | None]
+    ) -> tuple[list[_Pending[ItemT, ResultT]], bool]:
+        """Collect one batch; the flag says the stop sentinel was reached."""
+        batch: list[_Pending[ItemT, ResultT]] = []
+        deadline = 0.0
+        while len(batch) < self._max_batch_size:
+            if not batch:
+                try:
+                    entry = await asyncio.wait_for(queue.get(), self.idle_poll_s)
+                except TimeoutError:
+                    self._heartbeat = time.monotonic()
+                    continue
+            elif not queue.empty():
+                # Already waiting items join even past the deadline: taking them costs no
+                # latency (this is also what max_wait_ms=0 means).
+                entry = queue.get_nowait()
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    entry = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if entry is None:
+                return batch, True
+            if entry.future.done():  # caller went away
+                continue
+            if not batch:
+                # Measured from the first item's arrival, not from when the collector got to
+                # it: an item that already waited behind a busy worker gets no extra delay.
+                deadline = entry.enqueued_at + self._max_wait_s
+            batch.append(entry)
+        return batch, False
+
+    async def _run(self, batch: list[_Pending[ItemT, ResultT]]) -> None:
+        assert self._executor is not None
+        assert self._queue is not None
+        batch = [p for p in batch if not p.future.done()]  # callers may have left meanwhile
+        self._notify(self._observer.queue_depth, self._queue.qsize())
+        if not batch:
+            return
+        started = time.monotonic()
+        for pending in batch:
+            self._notify(self._observer.queue_wait, started - pending.enqueued_at)
+        items, self._in_flight = [p.item for p in batch], len(batch)
+        try:
+            loop = asyncio.get_running_loop()
+            results = await loop.run_in_executor(self._executor, self._call, items)
+        except asyncio.CancelledError:
+            _fail(batch, BatcherClosedError("batcher stopped before the batch finished"))
+            raise
+        except Exception as exc:
+            # One failing batch fails its own items only; the loop carries on.
+            logger.exception("batcher %s: run_batch failed for %d items", self._name, len(batch))
+            _fail(batch, exc)
+            return
+        finally:
+            self._in_flight = 0
+            elapsed = time.monotonic() - started
+            self._drain.append((len(batch), elapsed))
+            self._notify(self._observer.batch_run, len(batch), elapsed)
+        for pending, result in zip(batch, results, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(result)
+
+    def _call(self, items: list[ItemT]) -> list[ResultT]:
+        # Runs on the worker thread. Checked here so any contract breach (wrong count, not a
+        # list at all) takes the same path as a raising run_batch: fail the batch, keep going.
+        results = self._run_batch(items)
+        if len(results) != len(items):
+            raise RuntimeError(
+                f"run_batch returned {len(results)} results for {len(items)} items; "
+                "cannot tell which result belongs to which request"
+            )
+        return results
+
+    def _notify(self, method: Callable[..., None], *args: float) -> None:
+        # A broken metrics hook must not take the batcher (and every request) down with it.
+        try:
+            method(*args)
+        except Exception:
+            logger.exception("batcher %s: observer %s failed", self._name, method)
+
+
+def _fail(batch: list[_Pending[ItemT, ResultT]], exc: BaseException) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(exc)

@@ -1,0 +1,46 @@
+"""The ``fashion-florence`` command: ``serve`` and ``model ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from model_store.cli import register as register_model_commands
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from service.server import serve
+    from service.settings import Settings
+
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        print(f"invalid configuration (FF_* environment variables):\n{exc}", file=sys.stderr)
+        return 2
+    serve(settings)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fashion-florence", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="start the HTTP service (settings from FF_* env)")
+    serve.add_argument("--host", default=None, help="overrides FF_HOST")
+    serve.add_argument("--port", type=int, default=None, help="overrides FF_PORT")
+    serve.set_defaults(handler=_serve)
+    register_model_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,167 @@
+"""The Florence-2 engine: batched greedy generation on one device. Synchronous by design.
+
+It knows nothing of asyncio or HTTP: the batcher calls :meth:`FlorenceEngine.run_batch`
+from one dedicated thread, and image preprocessing runs in a thread pool before that.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Final
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+from model_store.build import ensure_demo_model
+from model_store.loading import LoadedModel, load_model
+from model_store.schema import FashionAttributes
+from service.backend import ItemOutcome, ModelInfo, PreparedImage
+from service.errors import ErrorCode
+from service.settings import DtypeName, Settings
+
+log = logging.getLogger(__name__)
+
+DTYPES: Final = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+OUTPUT_PREVIEW_CHARS: Final = 200
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("FF_DEVICE=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def resolve_dtype(name: DtypeName, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and name != "float32":
+        log.warning("FF_DTYPE=%s on CPU is slow or unsupported; consider float32", name)
+    return DTYPES[name]
+
+
+class FlorenceEngine:
+    """Implements :class:`service.backend.InferenceBackend` on a real Florence-2."""
+
+    def __init__(self, loaded: LoadedModel, *, max_new_tokens: int) -> None:
+        self._model = loaded.model
+        self._processor = loaded.processor
+        self._manifest = loaded.manifest
+        self._max_new_tokens = max_new_tokens
+        first = next(self._model.parameters())
+        self._device = first.device
+        self._dtype = first.dtype
+        self._image_size = int(self._processor.image_processor.size["height"])
+        # The prompt never changes, so tokenize it once (with the processor, which lays
+        # out the <image> placeholders) and reuse the ids for every batch.
+        blank = Image.new("RGB", (self._image_size, self._image_size))
+        encoded = self._processor(
+            text=[loaded.manifest.prompt], images=[blank], return_tensors="pt"
+        )
+        self._prompt_ids = encoded["input_ids"][0].to(self._device)
+        tokenizer = self._processor.tokenizer
+        self._eos_id = int(tokenizer.eos_token_id)
+        self._pad_id = int(tokenizer.pad_token_id)
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            name=self._manifest.name,
+            revision=next(iter(self._manifest.weights.values()), "unknown")[:12],
+            device=str(self._device),
+            dtype=str(self._dtype).removeprefix("torch."),
+            image_size=self._image_size,
+            manifest=self._manifest.model_dump(),
+        )
+
+    def preprocess(self, image: Image.Image) -> PreparedImage:
+        pixels = self._processor.image_processor(images=[image], return_tensors="np")
+        return np.ascontiguousarray(pixels["pixel_values"][0], dtype=np.float32)
+
+    def warmup(self) -> None:
+        blank = self.preprocess(Image.new("RGB", (self._image_size, self._image_size), "gray"))
+        self.run_batch([blank, blank])
+
+    def close(self) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def run_batch(self, images: Sequence[PreparedImage]) -> list[ItemOutcome]:
+        if not images:
+            return []
+        try:
+            return self._generate(images)
+        except torch.cuda.OutOfMemoryError:
+            log.warning("CUDA out of memory on a batch of %d; splitting", len(images))
+        # Recover outside the except block so the traceback does not pin the batch's tensors.
+        torch.cuda.empty_cache()
+        if len(images) == 1:
+            return [
+                ItemOutcome(
+                    "", 0, error_code=ErrorCode.ENGINE_OOM, error_detail="image did not fit"
+                )
+            ]
+        middle = len(images) // 2
+        return self.run_batch(images[:middle]) + self.run_batch(images[middle:])
+
+    def _to_device(self, images: Sequence[PreparedImage]) -> torch.Tensor:
+        batch = torch.from_numpy(np.stack(images))
+        if self._device.type == "cuda":
+            # Pinned host memory lets the copy overlap with work already on the stream.
+            return batch.pin_memory().to(self._device, dtype=self._dtype, non_blocking=True)
+        return batch.to(dtype=self._dtype)
+
+    @torch.inference_mode()
+    def _generate(self, images: Sequence[PreparedImage]) -> list[ItemOutcome]:
+        pixel_values = self._to_device(images)
+        input_ids = self._prompt_ids.unsqueeze(0).expand(len(images), -1)
+        sequences = self._model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            pixel_values=pixel_values,
+            max_new_tokens=self._max_new_tokens,
+            num_beams=1,
+            do_sample=False,
+            # Florence-2 ships no_repeat_ngram_size=3, which forbids the repeated `","`
+            # and `":"` that every JSON object needs.
+            no_repeat_ngram_size=0,
+        )
+        return [self._outcome(row) for row in sequences[:, 1:].tolist()]
+
+    def _outcome(self, generated: list[int]) -> ItemOutcome:
+        if self._eos_id in generated:
+            generated = generated[: generated.index(self._eos_id) + 1]
+        steps = len([t for t in generated if t != self._pad_id])
+        text = self._processor.tokenizer.decode(generated, skip_special_tokens=True)
+        try:
+            attributes = FashionAttributes.from_model_text(text)
+        except ValidationError as exc:
+            detail = (
+                f"{exc.error_count()} schema error(s); output began {text[:OUTPUT_PREVIEW_CHARS]!r}"
+            )
+            return ItemOutcome(
+                text, steps, error_code=ErrorCode.INVALID_MODEL_OUTPUT, error_detail=detail
+            )
+        return ItemOutcome(text, steps, attributes=attributes)
+
+
+def load_engine(settings: Settings) -> FlorenceEngine:
+    """Resolve the configured model (or the demo model), load it and wrap it."""
+    source = settings.model_path or str(ensure_demo_model(settings.demo_model_dir))
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    loaded = load_model(
+        source,
+        adapter=settings.adapter_path,
+        device=device,
+        dtype=dtype,
+        verify_checksums=settings.verify_checksums,
+    )
+    log.info("loaded %s on %s as %s", loaded.manifest.name, device, dtype)
+    return FlorenceEngine(loaded, max_new_tokens=settings.max_new_tokens)

@@ -1,0 +1,102 @@
+"""Problem details (RFC 9457) with stable machine-readable codes.
+
+Every error the API returns is ``application/problem+json`` with ``type``, ``title``,
+``status``, ``detail`` and ``code``. Codes are part of the public contract: add, never
+rename. The table in ``docs/errors.md`` mirrors :data:`ERROR_CATALOGUE`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+
+class ErrorCode(StrEnum):
+    INVALID_REQUEST = "invalid_request"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    TOO_MANY_ITEMS = "too_many_items"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    INVALID_IMAGE = "invalid_image"
+    IMAGE_TOO_LARGE = "image_too_large"
+    URL_NOT_ALLOWED = "url_not_allowed"
+    URL_FETCH_FAILED = "url_fetch_failed"
+    URL_FETCH_TIMEOUT = "url_fetch_timeout"
+    QUEUE_FULL = "queue_full"
+    NOT_READY = "not_ready"
+    INVALID_MODEL_OUTPUT = "invalid_model_output"
+    ENGINE_ERROR = "engine_error"
+    ENGINE_OOM = "engine_oom"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    INTERNAL_ERROR = "internal_error"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorSpec:
+    status: int
+    title: str
+
+
+ERROR_CATALOGUE: Final[Mapping[ErrorCode, ErrorSpec]] = {
+    ErrorCode.INVALID_REQUEST: ErrorSpec(400, "The request is malformed"),
+    ErrorCode.PAYLOAD_TOO_LARGE: ErrorSpec(413, "The request body is too large"),
+    ErrorCode.TOO_MANY_ITEMS: ErrorSpec(413, "The batch has too many items"),
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: ErrorSpec(415, "The content is not a supported image"),
+    ErrorCode.INVALID_IMAGE: ErrorSpec(422, "The image could not be decoded"),
+    ErrorCode.IMAGE_TOO_LARGE: ErrorSpec(413, "The image is too large"),
+    ErrorCode.URL_NOT_ALLOWED: ErrorSpec(400, "The image URL is not allowed"),
+    ErrorCode.URL_FETCH_FAILED: ErrorSpec(502, "The image URL could not be fetched"),
+    ErrorCode.URL_FETCH_TIMEOUT: ErrorSpec(504, "Fetching the image URL timed out"),
+    ErrorCode.QUEUE_FULL: ErrorSpec(503, "The service is at capacity"),
+    ErrorCode.NOT_READY: ErrorSpec(503, "The model is not ready"),
+    # The model answered, but not with schema-valid JSON: a server-side failure of the
+    # upstream model, hence a 5xx that is not 500 (retrying the same image will not help).
+    ErrorCode.INVALID_MODEL_OUTPUT: ErrorSpec(502, "The model output did not match the schema"),
+    ErrorCode.ENGINE_ERROR: ErrorSpec(503, "The inference engine failed"),
+    ErrorCode.ENGINE_OOM: ErrorSpec(503, "The image did not fit in device memory"),
+    ErrorCode.NOT_FOUND: ErrorSpec(404, "Not found"),
+    ErrorCode.METHOD_NOT_ALLOWED: ErrorSpec(405, "Method not allowed"),
+    ErrorCode.INTERNAL_ERROR: ErrorSpec(500, "Internal error"),
+}
+
+PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
+PROBLEM_TYPE_BASE: Final = "https://fashion-florence.dev/problems/"
+
+
+class ServiceError(Exception):
+    """An error with a stable code; raised anywhere below the routes, rendered by the API."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.headers = dict(headers or {})
+
+    @property
+    def status(self) -> int:
+        return ERROR_CATALOGUE[self.code].status
+
+    def problem(self, instance: str | None = None) -> dict[str, object]:
+        return problem_body(self.code, self.detail, instance=instance)
+
+
+def problem_body(code: ErrorCode, detail: str, *, instance: str | None = None) -> dict[str, object]:
+    spec = ERROR_CATALOGUE[code]
+    body: dict[str, object] = {
+        "type": PROBLEM_TYPE_BASE + code.value,
+        "title": spec.title,
+        "status": spec.status,
+        "detail": detail,
+        "code": code.value,
+    }
+    if instance is not None:
+        body["instance"] = instance
+    return body

@@ -1,0 +1,85 @@
+"""Prometheus metrics, one registry per app (no global state, so tests and apps don't clash).
+
+Labels stay low-cardinality: route templates (never raw paths), status codes, error codes.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from service.backend import ModelInfo
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+LATENCY_BUCKETS_S: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+QUEUE_BUCKETS_S: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+BATCH_BUCKETS: Final = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
+TOKEN_BUCKETS: Final = (1, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1024)
+
+
+class ServiceMetrics:
+    """All metric families of the service; also the batcher's observer."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "ff_requests",
+            "HTTP requests by route template and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "ff_request_duration_seconds", "HTTP request latency", ["route"],
+            buckets=LATENCY_BUCKETS_S, registry=r,
+        )  # fmt: skip
+        self.queue_depth_gauge = Gauge("ff_queue_depth", "Images waiting for a batch", registry=r)
+        self.queue_wait_seconds = Histogram(
+            "ff_queue_wait_seconds",
+            "Time from enqueue to batch start",
+            buckets=QUEUE_BUCKETS_S,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "ff_batch_size", "Images per engine batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.inference_seconds = Histogram(
+            "ff_inference_duration_seconds",
+            "Engine wall time per batch",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.images = Counter("ff_images", "Images processed by the engine", registry=r)
+        self.generated_tokens = Histogram(
+            "ff_generated_tokens", "Decoder steps per image", buckets=TOKEN_BUCKETS, registry=r
+        )
+        self.errors = Counter(
+            "ff_errors", "Errors returned, by stable error code", ["code"], registry=r
+        )
+        self.model_info = Gauge(
+            "ff_model_info", "The loaded model (value is always 1)",
+            ["name", "revision", "device", "dtype"], registry=r,
+        )  # fmt: skip
+        self.ready = Gauge("ff_ready", "1 when the model is loaded and warmed up", registry=r)
+
+    # BatchObserver protocol (service.batching)
+    def queue_depth(self, depth: int) -> None:
+        self.queue_depth_gauge.set(depth)
+
+    def queue_wait(self, seconds: float) -> None:
+        self.queue_wait_seconds.observe(seconds)
+
+    def batch_run(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.inference_seconds.observe(seconds)
+        self.images.inc(size)
+
+    def set_model(self, info: ModelInfo) -> None:
+        self.model_info.labels(info.name, info.revision, info.device, info.dtype).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,64 @@
+"""Shared fixtures: real images from ../shared/data, the tiny demo model, a trained one."""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from model_store.synthetic import COLOR_CLASSES, block_garment
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+PHOTOS = SHARED_DATA / "clothing-small" / "test"
+
+
+def photo_paths(limit: int | None = None) -> list[Path]:
+    paths = sorted(PHOTOS.glob("*/*.jpg"))
+    if not paths:
+        pytest.fail(f"no photos under {PHOTOS}: the shared data set is required")
+    return paths[:limit] if limit else paths
+
+
+def jpeg_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def real_photo() -> bytes:
+    return photo_paths()[0].read_bytes()
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from model_store.build import build_model
+
+    directory = tmp_path_factory.mktemp("models") / "demo"
+    build_model("demo", directory)
+    return directory
+
+
+TRAINED_MODEL_NAME = "fashion-florence-demo-colors"
+
+# The trained fixture model learns these colour classes (attributes as plain dicts).
+TRAINED_CLASSES = {color: a.model_dump() for color, a in COLOR_CLASSES.items()}
+
+
+def garment_image(color: tuple[int, int, int], rng: random.Random) -> Image.Image:
+    return block_garment(color, rng)
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model fine-tuned (~10 s on 2 cores) until it emits valid, image-dependent JSON."""
+    from model_store.train import train_color_demo
+
+    out = tmp_path_factory.mktemp("models") / "trained"
+    manifest = train_color_demo(demo_model_dir, out, steps=150)
+    assert manifest.name == TRAINED_MODEL_NAME
+    return out

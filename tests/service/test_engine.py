@@ -1,0 +1,263 @@
+"""FlorenceEngine on real tiny Florence-2 models: preprocessing, batching, honest failures."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model_store.loading import load_model
+from model_store.manifest import MANIFEST_NAME, sha256_file
+from model_store.schema import FashionAttributes
+from service.backend import ItemOutcome
+from service.engine import FlorenceEngine, load_engine, resolve_device, resolve_dtype
+from service.errors import ErrorCode
+from service.settings import Settings
+from tests.conftest import TRAINED_CLASSES, TRAINED_MODEL_NAME, garment_image, photo_paths
+
+MAX_NEW_TOKENS = 48  # a full target is ~30 tokens; keeps the random model's runs short
+
+
+def photos(count: int) -> list[Image.Image]:
+    # One photo from each of several garment folders, not four near-identical ones.
+    by_folder: dict[str, Path] = {}
+    for path in photo_paths():
+        by_folder.setdefault(path.parent.name, path)
+    chosen = list(by_folder.values())[:count]
+    assert len(chosen) == count
+    return [Image.open(path).convert("RGB") for path in chosen]
+
+
+@pytest.fixture(scope="module")
+def demo_engine(demo_model_dir: Path) -> FlorenceEngine:
+    return FlorenceEngine(load_model(str(demo_model_dir)), max_new_tokens=MAX_NEW_TOKENS)
+
+
+@pytest.fixture(scope="module")
+def trained_engine(trained_model_dir: Path) -> FlorenceEngine:
+    return load_engine(
+        Settings(model_path=str(trained_model_dir), device="cpu", max_new_tokens=MAX_NEW_TOKENS)
+    )
+
+
+def target_ids(engine: FlorenceEngine, text: str) -> list[int]:
+    """What generate() yields after the decoder start token: ``<s>`` text ``</s>``, padded."""
+    tokenizer = engine._processor.tokenizer
+    ids: list[int] = tokenizer.encode(f"<s>{text}</s>", add_special_tokens=False)
+    return ids + [tokenizer.pad_token_id] * 3
+
+
+# --- demo (random-weight) model -------------------------------------------------------------
+
+
+def test_preprocess_matches_the_processor(demo_engine: FlorenceEngine) -> None:
+    processor = demo_engine._processor
+    for image in photos(2):
+        prepared = demo_engine.preprocess(image)
+        assert prepared.dtype == np.float32
+        assert prepared.shape == (3, 128, 128)
+        assert prepared.flags.c_contiguous
+        reference = processor(text=["x"], images=[image], return_tensors="pt")["pixel_values"][0]
+        np.testing.assert_allclose(prepared, reference.numpy(), atol=1e-5, rtol=0)
+
+
+def test_preprocess_normalizes_with_imagenet_stats(demo_engine: FlorenceEngine) -> None:
+    prepared = demo_engine.preprocess(Image.new("RGB", (50, 300), (255, 0, 128)))
+    assert prepared.shape == (3, 128, 128)  # plain resize, no crop, any aspect ratio
+    expected = [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
+    np.testing.assert_allclose(prepared.mean(axis=(1, 2)), expected, atol=1e-3)
+    grey = demo_engine.preprocess(Image.new("L", (64, 64), 128))  # converted to RGB
+    assert grey.shape == (3, 128, 128)
+
+
+def test_random_model_fails_honestly_per_item(demo_engine: FlorenceEngine) -> None:
+    batch = [demo_engine.preprocess(image) for image in photos(4)]
+    outcomes = demo_engine.run_batch(batch)
+    assert len(outcomes) == 4
+    for outcome in outcomes:
+        assert isinstance(outcome, ItemOutcome)
+        assert isinstance(outcome.text, str)
+        assert 1 <= outcome.generated_tokens <= MAX_NEW_TOKENS
+        assert not outcome.ok
+        assert outcome.attributes is None
+        assert outcome.error_code == ErrorCode.INVALID_MODEL_OUTPUT
+        assert outcome.error_code == "invalid_model_output"  # the public, stable code
+        assert outcome.error_detail is not None
+        assert "schema error" in outcome.error_detail
+
+
+def test_run_batch_is_deterministic_and_batch_independent(demo_engine: FlorenceEngine) -> None:
+    batch = [demo_engine.preprocess(image) for image in photos(3)]
+    together = demo_engine.run_batch(batch)
+    alone = [demo_engine.run_batch([item])[0] for item in batch]
+    assert [o.text for o in together] == [o.text for o in alone]
+    assert [o.generated_tokens for o in together] == [o.generated_tokens for o in alone]
+
+
+def test_empty_batch(demo_engine: FlorenceEngine) -> None:
+    assert demo_engine.run_batch([]) == []
+
+
+def test_warmup_runs(demo_engine: FlorenceEngine) -> None:
+    demo_engine.warmup()
+    demo_engine.close()  # a no-op on CPU; the engine stays usable
+    assert len(demo_engine.run_batch([demo_engine.preprocess(photos(1)[0])])) == 1
+
+
+def test_info(demo_engine: FlorenceEngine, demo_model_dir: Path) -> None:
+    info = demo_engine.info
+    assert info.device == "cpu"
+    assert info.dtype == "float32"
+    assert info.image_size == 128
+    assert info.name == "fashion-florence-demo"
+    assert info.revision == sha256_file(demo_model_dir / "model.safetensors")[:12]
+    manifest = json.loads((demo_model_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+    assert dict(info.manifest) == manifest
+
+
+def test_outcome_isolates_each_item(demo_engine: FlorenceEngine) -> None:
+    """One bad sequence in a batch does not affect the others: each is judged on its own."""
+    good_attributes = [FashionAttributes.model_validate(t) for t in TRAINED_CLASSES.values()]
+    good = [target_ids(demo_engine, a.to_target_text()) for a in good_attributes]
+    tokenizer = demo_engine._processor.tokenizer
+    garbage = tokenizer.encode('<s>{"category":"hat",,</s>', add_special_tokens=False)
+    truncated = good[0][:10]  # max_new_tokens ran out: no </s>
+    sequences = [good[0], garbage, good[1], truncated, good[2]]
+    outcomes = [demo_engine._outcome(row) for row in sequences]
+
+    assert [o.ok for o in outcomes] == [True, False, True, False, True]
+    for outcome, expected in zip(
+        (outcomes[0], outcomes[2], outcomes[4]), good_attributes, strict=True
+    ):
+        assert outcome.attributes == expected
+        assert outcome.error_code is None
+        assert outcome.text == expected.to_target_text()
+        # <s> + the JSON + </s>; the padding after </s> is not counted.
+        assert outcome.generated_tokens == len(
+            tokenizer.encode(expected.to_target_text(), add_special_tokens=True)
+        )
+    for outcome in (outcomes[1], outcomes[3]):
+        assert outcome.attributes is None
+        assert outcome.error_code == ErrorCode.INVALID_MODEL_OUTPUT
+    assert outcomes[1].text == '{"category":"hat",,'
+    assert outcomes[3].generated_tokens == 10
+
+
+def test_outcome_stops_at_the_first_end_of_sequence(demo_engine: FlorenceEngine) -> None:
+    text = FashionAttributes.model_validate(TRAINED_CLASSES[(20, 20, 20)]).to_target_text()
+    ids = target_ids(demo_engine, text)
+    tokenizer = demo_engine._processor.tokenizer
+    trailing = ids + tokenizer.encode("garbage after eos", add_special_tokens=False)
+    outcome = demo_engine._outcome(trailing)
+    assert outcome.ok
+    assert outcome.text == text
+
+
+# --- trained model --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_trained_model_extracts_the_expected_attributes(trained_engine: FlorenceEngine) -> None:
+    rng = random.Random(20240917)  # different placements from the training images
+    cases = [(color, target) for color, target in TRAINED_CLASSES.items() for _ in range(2)]
+    batch = [trained_engine.preprocess(garment_image(color, rng)) for color, _ in cases]
+    outcomes = trained_engine.run_batch(batch)
+    assert len(outcomes) == len(cases)
+    correct = 0
+    for outcome, (_, target) in zip(outcomes, cases, strict=True):
+        if outcome.ok:
+            assert outcome.generated_tokens > 20
+            assert outcome.error_code is None
+            assert outcome.text == outcome.attributes.to_target_text()  # type: ignore[union-attr]
+        if outcome.attributes == FashionAttributes.model_validate(target):
+            correct += 1
+    assert correct >= len(cases) - 1, [o.text for o in outcomes]
+
+
+@pytest.mark.slow
+def test_load_engine_for_a_trained_model(
+    trained_engine: FlorenceEngine, trained_model_dir: Path
+) -> None:
+    info = trained_engine.info
+    assert info.name == TRAINED_MODEL_NAME
+    assert (info.device, info.dtype, info.image_size) == ("cpu", "float32", 128)
+    assert info.revision == sha256_file(trained_model_dir / "model.safetensors")[:12]
+
+
+def test_demo_model_is_built_once_and_reused(tmp_path: Path) -> None:
+    directory = tmp_path / "cache" / "demo-model"
+    settings = Settings(model_path=None, demo_model_dir=directory, device="cpu", max_new_tokens=8)
+    first = load_engine(settings)
+    assert first.info.name == "fashion-florence-demo"
+    weights = directory / "model.safetensors"
+    stamps = {p.name: p.stat().st_mtime_ns for p in directory.iterdir()}
+    inode = weights.stat().st_ino
+    assert MANIFEST_NAME in stamps
+
+    second = load_engine(settings)
+    assert second.info == first.info
+    assert {p.name: p.stat().st_mtime_ns for p in directory.iterdir()} == stamps
+    assert weights.stat().st_ino == inode
+
+
+def test_corrupt_demo_model_is_rebuilt(tmp_path: Path) -> None:
+    directory = tmp_path / "demo-model"
+    settings = Settings(model_path=None, demo_model_dir=directory, device="cpu", max_new_tokens=8)
+    load_engine(settings)
+    weights = directory / "model.safetensors"
+    good = sha256_file(weights)
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    assert load_engine(settings).info.revision == good[:12]
+    assert sha256_file(weights) == good
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
+def test_cuda_is_refused_without_a_device() -> None:
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        resolve_device("cuda")
+
+
+def test_device_and_dtype_resolution() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_device("cpu") == cpu
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_dtype("auto", cpu) is torch.float32
+    assert resolve_dtype("float32", cpu) is torch.float32
+    assert resolve_dtype("bfloat16", cpu) is torch.bfloat16  # allowed, with a warning
+    assert resolve_dtype("float16", torch.device("cuda")) is torch.float16
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_engine_bf16_on_cuda(trained_model_dir: Path) -> None:
+    engine = load_engine(
+        Settings(
+            model_path=str(trained_model_dir),
+            device="cuda",
+            dtype="bfloat16",
+            max_new_tokens=MAX_NEW_TOKENS,
+        )
+    )
+    assert engine.info.device.startswith("cuda")
+    assert engine.info.dtype == "bfloat16"
+    assert resolve_dtype("auto", torch.device("cuda")) in (torch.bfloat16, torch.float16)
+    rng = random.Random(7)
+    cases = list(TRAINED_CLASSES.items())
+    batch = [engine.preprocess(garment_image(color, rng)) for color, _ in cases]
+    assert all(item.dtype == np.float32 for item in batch)  # cast happens on the device
+    outcomes = engine.run_batch(batch)
+    assert len(outcomes) == len(cases)
+    assert all(o.generated_tokens >= 1 for o in outcomes)
+    # bf16 may flip a close call, but the trained model should still mostly be right.
+    correct = sum(
+        o.attributes == FashionAttributes.model_validate(target)
+        for o, (_, target) in zip(outcomes, cases, strict=True)
+    )
+    assert correct >= len(cases) - 1, [o.text for o in outcomes]
+    engine.warmup()
+    engine.close()
