@@ -30,7 +30,9 @@ from model_store.tokenizer import train_tokenizer
 
 IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
 IMAGENET_STD: Final = (0.229, 0.224, 0.225)
-FLORENCE_VOCAB_SIZE: Final = 51289  # Florence-2's BART vocabulary; <image> comes after it
+#: Florence-2's embedding table: 51289 BART tokens plus <image>. The presets match its size
+#: (our <image> id differs; irrelevant for random-weight speed measurements).
+FLORENCE_VOCAB_SIZE: Final = 51289
 #: A fixed time for the demo manifest so that two builds are identical byte for byte.
 DEMO_CREATED_AT: Final = "2026-01-01T00:00:00+00:00"
 

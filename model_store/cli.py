@@ -46,9 +46,14 @@ def _build_demo(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from model_store.merge import write_merged
+    from model_store.loading import ModelLoadError
+    from model_store.merge import AdapterError, write_merged
 
-    manifest = write_merged(args.base, args.adapter, args.out)
+    try:
+        manifest = write_merged(args.base, args.adapter, args.out)
+    except (ModelLoadError, AdapterError) as exc:
+        print(f"FAILED: {exc}")
+        return 1
     print(json.dumps({"out": str(args.out), "weights": manifest.weights}, indent=2))
     return 0
 

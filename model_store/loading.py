@@ -68,7 +68,9 @@ def _from_pretrained(source: str) -> tuple[Florence2ForConditionalGeneration, Fl
             if offline
             else " Give a local directory in native Florence-2 format, or check hub access."
         )
-        raise ModelLoadError(f"cannot load model {source!r}: {exc}.{hint}") from exc
+        raise ModelLoadError(
+            f"cannot load model {source!r}: {str(exc).rstrip('.')}.{hint}"
+        ) from exc
     return model, processor
 
 
@@ -112,8 +114,8 @@ def load_model(
                 "FF_VERIFY_CHECKSUMS=false to serve an upstream checkpoint unverified"
             )
     elif source.startswith((".", "/", "~")) or local.exists():
-        problem = "is not a directory" if local.exists() else "does not exist (not a directory)"
-        raise ModelLoadError(f"model path {source!r} {problem}")
+        problem = "is not a directory" if local.exists() else "does not exist"
+        raise ModelLoadError(f"model path {source!r} {problem}; give a model directory or a hub id")
     model, processor = _from_pretrained(source)
     if manifest is None:
         manifest = _assumed_manifest(source, processor)

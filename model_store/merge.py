@@ -57,6 +57,9 @@ def write_merged(base: str, adapter_dir: Path, out_dir: Path) -> ModelManifest:
     """Merge ``adapter_dir`` into ``base`` and write a servable model with its manifest."""
     from model_store.loading import load_model  # local: loading imports this module
 
+    if out_dir.exists() and any(out_dir.iterdir()):
+        # Stale files (an old .bin, other shards) would end up beside the merged weights.
+        raise AdapterError(f"{out_dir} is not empty; merge into a new directory")
     loaded = load_model(base, adapter=adapter_dir, device="cpu", dtype=torch.float32)
     out_dir.mkdir(parents=True, exist_ok=True)
     loaded.model.save_pretrained(out_dir, safe_serialization=True)
