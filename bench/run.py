@@ -50,6 +50,7 @@ class Figures:
     ok: int
     errors: int
     service_img_s: float
+    service_mean_batch: float
     p50_ms: float
     p90_ms: float
     p99_ms: float
@@ -165,6 +166,20 @@ async def load(
     return latencies, errors, wall
 
 
+def scrape_mean_batch(base: str) -> float:
+    """Mean engine batch size the service formed, from its own /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in {"ff_batch_size_sum", "ff_batch_size_count"}
+    }
+    return values["ff_batch_size_sum"] / max(values["ff_batch_size_count"], 1.0)
+
+
 def _quantile(values: list[float], q: float) -> float:
     if len(values) < 2:
         return values[0] * 1000 if values else float("nan")
@@ -182,7 +197,7 @@ def report(fig: Figures) -> str:
         (
             f"service, {fig.concurrency} clients",
             f"{fig.service_img_s:.1f} img/s",
-            f"{fig.ok} ok / {fig.errors} errors of {fig.requests}",
+            f"{fig.ok} ok / {fig.errors} errors of {fig.requests}; mean batch {fig.service_mean_batch:.1f}",
         ),
         (
             "service latency p50 / p90 / p99",
@@ -228,6 +243,7 @@ def main() -> int:
             latencies, errors, wall = asyncio.run(
                 load(base, payloads, args.requests, args.concurrency, args.time_limit_s)
             )
+            mean_batch = scrape_mean_batch(base)
         finally:
             process.terminate()
             process.wait(timeout=60)
@@ -245,6 +261,7 @@ def main() -> int:
         ok=len(latencies),
         errors=errors,
         service_img_s=len(latencies) / wall,
+        service_mean_batch=mean_batch,
         p50_ms=_quantile(latencies, 0.50),
         p90_ms=_quantile(latencies, 0.90),
         p99_ms=_quantile(latencies, 0.99),

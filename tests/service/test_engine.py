@@ -57,6 +57,7 @@ def target_ids(engine: FlorenceEngine, text: str) -> list[int]:
 
 def test_preprocess_matches_the_processor(demo_engine: FlorenceEngine) -> None:
     processor = demo_engine._processor
+    assert demo_engine._transform is not None  # the fast path is the one under test
     for image in photos(2):
         prepared = demo_engine.preprocess(image)
         assert prepared.dtype == np.float32
