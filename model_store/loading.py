@@ -16,6 +16,7 @@ from model_store.manifest import (
     MANIFEST_NAME,
     ManifestError,
     ModelManifest,
+    new_manifest,
     verify_directory,
 )
 from model_store.merge import AdapterError, merge_adapter
@@ -127,3 +128,24 @@ def load_model(
         manifest = manifest.model_copy(update={"adapter": str(adapter)})
     model = _place(model, device, dtype)
     return LoadedModel(model=model, processor=processor, manifest=manifest, source=source)
+
+
+def save_model(
+    loaded: LoadedModel, out_dir: Path, *, name: str, base_model: str, adapter: str | None
+) -> ModelManifest:
+    """The inverse of :func:`load_model`: weights (safetensors), processor and manifest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loaded.model.save_pretrained(out_dir, safe_serialization=True)
+    loaded.processor.save_pretrained(out_dir)
+    dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
+    manifest = new_manifest(
+        out_dir,
+        name=name,
+        base_model=base_model,
+        adapter=adapter,
+        prompt=loaded.manifest.prompt,
+        image_size=loaded.manifest.image_size,
+        dtype=dtype,
+    )
+    manifest.write(out_dir)
+    return manifest

@@ -14,7 +14,7 @@ import torch
 from peft import LoraConfig, PeftModel
 from transformers import Florence2ForConditionalGeneration
 
-from model_store.manifest import ModelManifest, new_manifest
+from model_store.manifest import ModelManifest
 
 #: Every linear layer of the BART decoder: self-attention, cross-attention and the FFN.
 DECODER_LINEARS: Final = (
@@ -55,23 +55,16 @@ def merge_adapter(
 
 def write_merged(base: str, adapter_dir: Path, out_dir: Path) -> ModelManifest:
     """Merge ``adapter_dir`` into ``base`` and write a servable model with its manifest."""
-    from model_store.loading import load_model  # local: loading imports this module
+    from model_store.loading import load_model, save_model  # local: loading imports us
 
     if out_dir.exists() and any(out_dir.iterdir()):
         # Stale files (an old .bin, other shards) would end up beside the merged weights.
         raise AdapterError(f"{out_dir} is not empty; merge into a new directory")
     loaded = load_model(base, adapter=adapter_dir, device="cpu", dtype=torch.float32)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    loaded.model.save_pretrained(out_dir, safe_serialization=True)
-    loaded.processor.save_pretrained(out_dir)
-    manifest = new_manifest(
+    return save_model(
+        loaded,
         out_dir,
         name=f"{loaded.manifest.name}+{adapter_dir.name}",
-        base_model=loaded.manifest.base_model if loaded.manifest.base_model else base,
+        base_model=loaded.manifest.base_model or base,
         adapter=adapter_dir.name,
-        prompt=loaded.manifest.prompt,
-        image_size=loaded.manifest.image_size,
-        dtype="float32",
     )
-    manifest.write(out_dir)
-    return manifest

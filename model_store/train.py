@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from transformers import Florence2ForConditionalGeneration, Florence2Processor
 
-from model_store.loading import load_model
-from model_store.manifest import ModelManifest, new_manifest
+from model_store.loading import load_model, save_model
+from model_store.manifest import ModelManifest
 from model_store.schema import FashionAttributes
 from model_store.synthetic import COLOR_CLASSES, block_garment
 
@@ -94,17 +94,10 @@ def train_color_demo(
     fine_tune(
         loaded.model, loaded.processor, loaded.manifest.prompt, examples, steps=steps, seed=seed
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    loaded.model.save_pretrained(out_dir, safe_serialization=True)
-    loaded.processor.save_pretrained(out_dir)
-    manifest = new_manifest(
+    return save_model(
+        loaded,
         out_dir,
         name=f"{loaded.manifest.name}-colors",
         base_model=loaded.manifest.name,
         adapter=None,
-        prompt=loaded.manifest.prompt,
-        image_size=loaded.manifest.image_size,
-        dtype="float32",
     )
-    manifest.write(out_dir)
-    return manifest

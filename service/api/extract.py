@@ -6,7 +6,7 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -28,38 +28,25 @@ from service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["extract"])
 
-_REQUEST_BODY_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"image": {"type": "string", "format": "binary"}},
-                    "required": ["image"],
-                }
+_FILE: dict[str, Any] = {"type": "string", "format": "binary"}
+
+
+def _body_doc(image: dict[str, Any], json_body: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a body that is either multipart (``image``) or JSON (URLs)."""
+    multipart = {"type": "object", "properties": {"image": image}, "required": ["image"]}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": multipart},
+                "application/json": {"schema": json_body.model_json_schema()},
             },
-            "application/json": {"schema": UrlRequest.model_json_schema()},
-        },
+        }
     }
-}
-_BATCH_BODY_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "image": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                    },
-                    "required": ["image"],
-                }
-            },
-            "application/json": {"schema": UrlBatchRequest.model_json_schema()},
-        },
-    }
-}
+
+
+_REQUEST_BODY_DOC = _body_doc(_FILE, UrlRequest)
+_BATCH_BODY_DOC = _body_doc({"type": "array", "items": _FILE}, UrlBatchRequest)
 
 
 def _media_type(request: Request) -> str:

@@ -11,10 +11,8 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -22,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import TRAINED_CLASSES, TRAINED_MODEL_NAME, garment_image, jpeg_bytes
+from tests.loopback import serve_files
 
 pytestmark = pytest.mark.slow
 START_TIMEOUT_S = 90.0
@@ -128,30 +127,10 @@ def test_real_photo_gets_an_answer_never_a_500(server: Server, real_photo: bytes
 @pytest.fixture
 def image_host() -> Iterator[str]:
     """A real HTTP server on 127.0.0.1 serving one garment JPEG at /g.jpg."""
-    payload = jpeg_bytes(garment_image((30, 30, 200), random.Random(5)))
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path != "/g.jpg":
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serve_files(
+        {"/g.jpg": jpeg_bytes(garment_image((30, 30, 200), random.Random(5)))}
+    ) as base:
+        yield base
 
 
 def test_url_and_batch_over_loopback(server: Server, image_host: str) -> None:

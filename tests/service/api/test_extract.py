@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
 from tests.fakes import FakeBackend
+from tests.loopback import serve_files
 from tests.service.api.conftest import (
     BAD,
     BAD_RED_ABOVE,
@@ -295,37 +294,8 @@ async def test_queue_full_is_503_with_retry_after_and_nothing_is_lost() -> None:
 @pytest.fixture
 def image_server(real_photo: bytes) -> Iterator[str]:
     """``{base}/photo.jpg`` serves the real photo; every other path is a 404."""
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            self.close_connection = True
-            if self.path == "/photo.jpg":
-                self.send_response(200)
-                self.send_header("Content-Type", "image/jpeg")
-                self.send_header("Content-Length", str(len(real_photo)))
-                self.end_headers()
-                self.wfile.write(real_photo)
-            else:
-                self.send_response(404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(
-        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=2)
+    with serve_files({"/photo.jpg": real_photo}) as base:
+        yield base
 
 
 async def test_extract_from_url(image_server: str) -> None:
