@@ -16,10 +16,11 @@ PIP := $(BIN)/python -m pip
 
 .PHONY: install run test lint typecheck check bench clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
-	$(PIP) install --quiet -e ".[dev]"
+# scripts/install.sh is the one install path: the Dockerfile runs it too (same torch step,
+# same pinned versions from scripts/constraints.txt).
+$(STAMP): pyproject.toml scripts/install.sh scripts/constraints.txt
+	PYTHON="$(PYTHON)" TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX_URL="$(TORCH_INDEX_URL)" \
+		sh scripts/install.sh $(VENV) -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,8 +34,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check service model_store tests bench
-	$(BIN)/ruff format --check service model_store tests bench
+	$(BIN)/ruff check service model_store tests bench scripts deploy
+	$(BIN)/ruff format --check service model_store tests bench scripts deploy
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -20,7 +20,6 @@ import os
 import platform
 import random
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.load import Tally, closed_loop, percentile_ms
+from bench.load import run as load_run
 from model_store.synthetic import COLOR_CLASSES, block_garment
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -136,34 +137,14 @@ def start_server(model_dir: Path, batch_size: int) -> tuple[subprocess.Popen[byt
     raise RuntimeError("server did not become ready within 120 s")
 
 
-async def load(
-    base: str, payloads: list[bytes], requests: int, concurrency: int, limit_s: float
-) -> tuple[list[float], int, float]:
-    latencies: list[float] = []
-    errors = 0
-    issued = 0
-    deadline = time.perf_counter() + limit_s
-
-    async def client_loop(client: httpx.AsyncClient) -> None:
-        nonlocal issued, errors
-        while issued < requests and time.perf_counter() < deadline:
-            payload = payloads[issued % len(payloads)]
-            issued += 1
-            sent = time.perf_counter()
-            response = await client.post(
-                "/v1/extract", files={"image": ("g.jpg", payload, "image/jpeg")}
-            )
-            if response.status_code == 200:
-                latencies.append(time.perf_counter() - sent)
-            else:
-                errors += 1
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+async def service_load(base: str, payloads: list[bytes], args: argparse.Namespace) -> Tally:
+    limits = httpx.Limits(
+        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+    )
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
-        wall = time.perf_counter() - started
-    return latencies, errors, wall
+        return await closed_loop(
+            client, payloads, args.concurrency, args.requests, args.time_limit_s
+        )
 
 
 def scrape_mean_batch(base: str) -> float:
@@ -178,12 +159,6 @@ def scrape_mean_batch(base: str) -> float:
         if sample.name in {"ff_batch_size_sum", "ff_batch_size_count"}
     }
     return values["ff_batch_size_sum"] / max(values["ff_batch_size_count"], 1.0)
-
-
-def _quantile(values: list[float], q: float) -> float:
-    if len(values) < 2:
-        return values[0] * 1000 if values else float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1] * 1000
 
 
 def report(fig: Figures) -> str:
@@ -240,13 +215,19 @@ def main() -> int:
         single, batched, tokens = offline(model_dir, payloads, args.batch_size)
         process, base, cold = start_server(model_dir, args.batch_size)
         try:
-            latencies, errors, wall = asyncio.run(
-                load(base, payloads, args.requests, args.concurrency, args.time_limit_s)
-            )
+            tally = asyncio.run(service_load(base, payloads, args))
             mean_batch = scrape_mean_batch(base)
+            # Overload: an open-loop arrival rate at 3x what the service just sustained.
+            overload_rate = 3 * tally.by_status.get(200, 0) / max(tally.wall_s, 1e-9)
+            overload = asyncio.run(
+                load_run(
+                    base, "open", args.concurrency, overload_rate, int(overload_rate * 10), 20.0
+                )
+            )
         finally:
             process.terminate()
             process.wait(timeout=60)
+    latencies = tally.latencies_ok
     figures = Figures(
         machine=f"{platform.machine()} {os.cpu_count()} cpu, {platform.python_implementation()} {platform.python_version()}, torch {torch.__version__}",
         torch_threads=torch.get_num_threads(),
@@ -257,20 +238,21 @@ def main() -> int:
         tokens_per_image=tokens,
         cold_start_s=cold,
         concurrency=args.concurrency,
-        requests=len(latencies) + errors,
+        requests=tally.sent,
         ok=len(latencies),
-        errors=errors,
-        service_img_s=len(latencies) / wall,
+        errors=tally.sent - len(latencies),
+        service_img_s=len(latencies) / tally.wall_s,
         service_mean_batch=mean_batch,
-        p50_ms=_quantile(latencies, 0.50),
-        p90_ms=_quantile(latencies, 0.90),
-        p99_ms=_quantile(latencies, 0.99),
+        p50_ms=percentile_ms(latencies, 0.50),
+        p90_ms=percentile_ms(latencies, 0.90),
+        p99_ms=percentile_ms(latencies, 0.99),
     )
     print(report(figures))
+    print(f"\noverload at {overload_rate:.0f} req/s (3x sustained), open loop:")
+    print(json.dumps(overload, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps({**asdict(figures), "service_over_offline": figures.ratio}, indent=2) + "\n"
-    )
+    result = {**asdict(figures), "service_over_offline": figures.ratio, "overload": overload}
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out}")
     return 0
 

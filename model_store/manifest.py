@@ -121,3 +121,49 @@ def new_manifest(
         weights=weight_checksums(directory),
         created_at=created_at or created_at_now(),
     )
+
+
+TRAINING_MANIFEST_NAME: Final = "training_manifest.json"
+
+
+class TrainingManifest(BaseModel):
+    """What a training run (``fashion-florence train``) started from and how well it did.
+
+    Written next to the adapter (or the fully fine-tuned model); ``model merge`` copies it
+    next to the merged weights, so a served model can always be traced back to its data
+    version, rules version and hyperparameters.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    base_model: str
+    base_weights: dict[str, str] = Field(description="the base model's weight checksums")
+    schema_version: int
+    prompt: str
+    image_size: int = Field(gt=0)
+    preset: str
+    target_modules: list[str] | str
+    hyperparameters: dict[str, object]
+    data: dict[str, object] = Field(description="data dir, data_version, rules_version, sizes")
+    metrics: dict[str, object]
+    training_seconds: float
+    device: str
+    weights: dict[str, str] = Field(description="adapter (or model) file name -> sha256")
+    created_at: str
+
+    def write(self, directory: Path) -> Path:
+        path = directory / TRAINING_MANIFEST_NAME
+        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+def read_training_manifest(directory: Path) -> TrainingManifest | None:
+    """The run's manifest, or None for adapters and models trained elsewhere."""
+    path = directory / TRAINING_MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        return TrainingManifest.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ManifestError(f"{path} is not a valid training manifest: {exc}") from exc

@@ -7,6 +7,7 @@ indirection on the hot path.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Final
 
@@ -14,7 +15,7 @@ import torch
 from peft import LoraConfig, PeftModel
 from transformers import Florence2ForConditionalGeneration
 
-from model_store.manifest import ModelManifest
+from model_store.manifest import TRAINING_MANIFEST_NAME, ModelManifest
 
 #: Every linear layer of the BART decoder: self-attention, cross-attention and the FFN.
 DECODER_LINEARS: Final = (
@@ -22,16 +23,37 @@ DECODER_LINEARS: Final = (
     r"(self_attn\.(q_proj|k_proj|v_proj|out_proj)|encoder_attn\.(q_proj|k_proj|v_proj|out_proj)|fc1|fc2)"
 )
 ADAPTER_WEIGHTS: Final = "adapter_model.safetensors"
+#: Target-module presets: ``decoder`` is the paper's text (all linear layers of the language
+#: decoder); ``all-linear`` is what the paper's code did (peft's shortcut: every linear layer
+#: of vision tower, projector, encoder and decoder, except the output head).
+LORA_PRESETS: Final[dict[str, str]] = {"decoder": DECODER_LINEARS, "all-linear": "all-linear"}
 
 
 class AdapterError(Exception):
     """An adapter directory that cannot be merged safely."""
 
 
-def decoder_lora_config(rank: int = 16, alpha: int = 32, dropout: float = 0.05) -> LoraConfig:
+def lora_config(
+    preset: str = "decoder",
+    *,
+    rank: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.05,
+    modules_to_save: list[str] | None = None,
+) -> LoraConfig:
+    if preset not in LORA_PRESETS:
+        raise AdapterError(f"unknown LoRA preset {preset!r}; choose from {sorted(LORA_PRESETS)}")
     return LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=DECODER_LINEARS
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=LORA_PRESETS[preset],
+        modules_to_save=modules_to_save,
     )
+
+
+def decoder_lora_config(rank: int = 16, alpha: int = 32, dropout: float = 0.05) -> LoraConfig:
+    return lora_config("decoder", rank=rank, alpha=alpha, dropout=dropout)
 
 
 def check_adapter_dir(adapter_dir: Path) -> None:
@@ -53,7 +75,9 @@ def merge_adapter(
     return merged
 
 
-def write_merged(base: str, adapter_dir: Path, out_dir: Path) -> ModelManifest:
+def write_merged(
+    base: str, adapter_dir: Path, out_dir: Path, *, name: str | None = None
+) -> ModelManifest:
     """Merge ``adapter_dir`` into ``base`` and write a servable model with its manifest."""
     from model_store.loading import load_model, save_model  # local: loading imports us
 
@@ -61,10 +85,15 @@ def write_merged(base: str, adapter_dir: Path, out_dir: Path) -> ModelManifest:
         # Stale files (an old .bin, other shards) would end up beside the merged weights.
         raise AdapterError(f"{out_dir} is not empty; merge into a new directory")
     loaded = load_model(base, adapter=adapter_dir, device="cpu", dtype=torch.float32)
-    return save_model(
+    manifest = save_model(
         loaded,
         out_dir,
-        name=f"{loaded.manifest.name}+{adapter_dir.name}",
+        name=name or f"{loaded.manifest.name}+{adapter_dir.name}",
         base_model=loaded.manifest.base_model or base,
         adapter=adapter_dir.name,
     )
+    if (adapter_dir / TRAINING_MANIFEST_NAME).is_file():
+        # Provenance (data and rules version, hyperparameters, metrics) stays with the
+        # servable model; it is not a weight file, so checksums are unaffected.
+        shutil.copyfile(adapter_dir / TRAINING_MANIFEST_NAME, out_dir / TRAINING_MANIFEST_NAME)
+    return manifest

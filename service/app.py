@@ -8,10 +8,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.api import extract, ops
+from service.api.auth import ApiKeyVerifier
 from service.api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from service.api.problems import install_problem_handlers
 from service.backend import InferenceBackend
 from service.lifecycle import BackendLoader, Runtime, load_real_engine
+from service.logs import AccessLogMiddleware
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 
@@ -44,11 +46,13 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.runtime = runtime
+    app.state.api_keys = ApiKeyVerifier.from_settings(settings)
     install_problem_handlers(app)
     app.include_router(extract.router)
     app.include_router(ops.router)
     # Added last = outermost: the request id is on every response, even a 413.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(AccessLogMiddleware)  # inside the request id, outside the body cap
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -16,6 +16,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from model_store.schema import FashionAttributes
+from service.decoding.confidence import AttributeConfidence
 
 #: One image resized and normalized for the model: float32, shape (3, H, W).
 PreparedImage = npt.NDArray[np.float32]
@@ -40,10 +41,22 @@ class ItemOutcome:
     attributes: FashionAttributes | None = None
     error_code: str | None = None
     error_detail: str | None = None
+    #: Per-value confidence (same shape as ``attributes``); constrained decoding only.
+    confidence: AttributeConfidence | None = None
 
     @property
     def ok(self) -> bool:
         return self.attributes is not None
+
+
+class DeviceOutOfMemoryError(Exception):
+    """The batch did not fit in device memory; the backend has already released what it
+    could. The caller may retry smaller batches (see ``service.extraction``)."""
+
+
+class DeviceFatalError(Exception):
+    """The device is unusable for the rest of the process (a sticky CUDA error, a lost
+    device): the engine is dead and the pod must be restarted."""
 
 
 class InferenceBackend(Protocol):
@@ -60,6 +73,11 @@ class InferenceBackend(Protocol):
 
     def warmup(self) -> None:
         """Run a representative batch so the first request does not pay for lazy init."""
+        ...
+
+    def check_device(self) -> None:
+        """A tiny round trip to the device for liveness; raises DeviceFatalError if the
+        device is unusable. Must be cheap (it runs on every liveness probe)."""
         ...
 
     def close(self) -> None: ...

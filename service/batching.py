@@ -42,18 +42,30 @@ class BatcherClosedError(Exception):
     """The batcher is not running (not started, stopping or stopped)."""
 
 
+class DeadlineExceededError(Exception):
+    """The item's deadline passed before it reached the model; it was never run."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(f"deadline passed while {stage}")
+        self.stage = stage
+
+
 class BatchObserver(Protocol):
     """Metrics hooks, so the batcher stays free of any metrics library."""
 
     def queue_depth(self, depth: int) -> None: ...  # after each put and each formed batch
     def queue_wait(self, seconds: float) -> None: ...  # per item: submit() to batch start
     def batch_run(self, size: int, seconds: float) -> None: ...  # per batch: run_batch time
+    def deadline_drop(self, stage: str) -> None: ...  # per expired item, never run
+    def cancelled_skip(self) -> None: ...  # per item whose caller left before its batch
 
 
 class NullObserver:
     def queue_depth(self, depth: int) -> None: ...
     def queue_wait(self, seconds: float) -> None: ...
     def batch_run(self, size: int, seconds: float) -> None: ...
+    def deadline_drop(self, stage: str) -> None: ...
+    def cancelled_skip(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -61,6 +73,10 @@ class _Pending(Generic[ItemT, ResultT]):
     item: ItemT
     future: asyncio.Future[ResultT]
     enqueued_at: float
+    deadline: float | None = None  # time.monotonic(); None = no deadline
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
 
 
 class MicroBatcher(Generic[ItemT, ResultT]):
@@ -97,6 +113,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self._stop_task: asyncio.Task[None] | None = None
         self._accepting = False
         self._in_flight = 0
+        self._busy_since: float | None = None
         self._heartbeat = time.monotonic()
         # (items, run seconds) of recent batches: the drain rate while the worker is busy,
         # which is the case whenever the queue is full and a Retry-After is needed.
@@ -161,23 +178,38 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             # The worker may still be inside run_batch; do not block the loop joining it.
             executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, item: ItemT) -> ResultT:
-        """Queue one item and wait for its result (or its batch's exception)."""
+    @property
+    def busy_since_monotonic(self) -> float | None:
+        """When the running batch started (None while idle): a liveness probe compares it
+        with a stall limit, since the heartbeat stands still while a batch runs."""
+        return self._busy_since
+
+    async def submit(self, item: ItemT, *, deadline: float | None = None) -> ResultT:
+        """Queue one item and wait for its result (or its batch's exception).
+
+        ``deadline`` (``time.monotonic()``) is checked when the batch forms and again just
+        before the model runs: an expired item fails with :class:`DeadlineExceededError`
+        and never reaches ``run_batch``.
+        """
         if not self.running or self._queue is None:
             raise BatcherClosedError(f"batcher {self._name} is not running")
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            raise DeadlineExceededError("waiting for admission")
         future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
         try:
             # Never wait for room: under overload an instant 503 with Retry-After beats a
             # request that hangs until its client times out.
-            self._queue.put_nowait(_Pending(item, future, time.monotonic()))
+            self._queue.put_nowait(_Pending(item, future, now, deadline))
         except asyncio.QueueFull:
-            raise QueueFullError(self._retry_after_s()) from None
+            raise QueueFullError(self.retry_after_s()) from None
         self._notify(self._observer.queue_depth, self._queue.qsize())
         # If our caller is cancelled, awaiting cancels `future` too; the collector sees that
         # and skips the item, so abandoned requests cost no model time.
         return await future
 
-    def _retry_after_s(self) -> float:
+    def retry_after_s(self) -> float:
+        """Seconds until the current backlog drains at the recently observed rate."""
         items = sum(n for n, _ in self._drain)
         seconds = sum(s for _, s in self._drain)
         if items == 0 or seconds <= 0:
@@ -235,6 +267,10 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             if entry is None:
                 return batch, True
             if entry.future.done():  # caller went away
+                self._notify(self._observer.cancelled_skip)
+                continue
+            if entry.expired(time.monotonic()):
+                self._expire(entry, "queued")
                 continue
             if not batch:
                 # Measured from the first item's arrival, not from when the collector got to
@@ -251,41 +287,65 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         if not batch:
             return
         started = time.monotonic()
+        self._busy_since = started
         for pending in batch:
             self._notify(self._observer.queue_wait, started - pending.enqueued_at)
-        items, self._in_flight = [p.item for p in batch], len(batch)
+        self._in_flight = len(batch)
         try:
             loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self._executor, self._call, items)
+            live, outcome = await loop.run_in_executor(self._executor, self._call, batch)
         except asyncio.CancelledError:
             _fail(batch, BatcherClosedError("batcher stopped before the batch finished"))
             raise
-        except Exception as exc:
-            # One failing batch fails its own items only; the loop carries on.
-            logger.exception("batcher %s: run_batch failed for %d items", self._name, len(batch))
-            _fail(batch, exc)
-            return
         finally:
             self._in_flight = 0
+            self._busy_since = None
             elapsed = time.monotonic() - started
             self._drain.append((len(batch), elapsed))
             self._notify(self._observer.batch_run, len(batch), elapsed)
-        for pending, result in zip(batch, results, strict=True):
+        ran = {id(pending) for pending in live}
+        for pending in batch:
+            if id(pending) not in ran:
+                self._expire(pending, "waiting for the engine")
+        if isinstance(outcome, BaseException):
+            # One failing batch fails the items it ran, nothing else; the loop carries on.
+            logger.error(
+                "batcher %s: run_batch failed for %d items", self._name, len(live), exc_info=outcome
+            )
+            _fail(live, outcome)
+            return
+        for pending, result in zip(live, outcome, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)
 
-    def _call(self, items: list[ItemT]) -> list[ResultT]:
-        # Runs on the worker thread. Checked here so any contract breach (wrong count, not a
-        # list at all) takes the same path as a raising run_batch: fail the batch, keep going.
-        results = self._run_batch(items)
-        if len(results) != len(items):
-            raise RuntimeError(
-                f"run_batch returned {len(results)} results for {len(items)} items; "
-                "cannot tell which result belongs to which request"
-            )
-        return results
+    def _call(
+        self, batch: list[_Pending[ItemT, ResultT]]
+    ) -> tuple[list[_Pending[ItemT, ResultT]], list[ResultT] | Exception]:
+        # Runs on the worker thread, right before the model: the last moment to drop items
+        # whose deadline passed while an earlier batch ran (their futures are failed back on
+        # the loop). Reading `deadline` here is safe: it never changes after submit(). The
+        # exception is returned, not raised, so the loop still learns which items ran.
+        now = time.monotonic()
+        live = [p for p in batch if not p.expired(now)]
+        try:
+            results = self._run_batch([p.item for p in live]) if live else []
+            # Checked here so any contract breach (wrong count, not a list at all) takes
+            # the same path as a raising run_batch: fail the batch, keep going.
+            if len(results) != len(live):
+                raise RuntimeError(
+                    f"run_batch returned {len(results)} results for {len(live)} items; "
+                    "cannot tell which result belongs to which request"
+                )
+        except Exception as exc:
+            return live, exc
+        return live, results
 
-    def _notify(self, method: Callable[..., None], *args: float) -> None:
+    def _expire(self, pending: _Pending[ItemT, ResultT], stage: str) -> None:
+        if not pending.future.done():
+            pending.future.set_exception(DeadlineExceededError(stage))
+        self._notify(self._observer.deadline_drop, stage)
+
+    def _notify(self, method: Callable[..., None], *args: object) -> None:
         # A broken metrics hook must not take the batcher (and every request) down with it.
         try:
             method(*args)

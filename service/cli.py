@@ -1,4 +1,4 @@
-"""The ``fashion-florence`` command: ``serve`` and ``model ...``."""
+"""The ``fashion-florence`` command: ``serve``, ``extract`` and ``model ...``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from model_store.cli import register as register_model_commands
+from model_store.pipeline_cli import register as register_pipeline_commands
+from service.catalogue import register as register_extract_command
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -21,6 +23,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"invalid configuration (FF_* environment variables):\n{exc}", file=sys.stderr)
         return 2
+    from service.logs import configure_logging
+
+    # Before serve(): its logging.basicConfig() then finds a handler and leaves it be.
+    configure_logging(settings.log_format, settings.log_level)
     serve(settings)
     return 0
 
@@ -32,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="overrides FF_HOST")
     serve.add_argument("--port", type=int, default=None, help="overrides FF_PORT")
     serve.set_defaults(handler=_serve)
+    register_extract_command(commands)
     register_model_commands(commands)
+    register_pipeline_commands(commands)  # data build/synth/check, train, eval
     return parser
 
 

@@ -2,6 +2,8 @@
 
 It knows nothing of asyncio or HTTP: the batcher calls :meth:`FlorenceEngine.run_batch`
 from one dedicated thread, and image preprocessing runs in a thread pool before that.
+Decoding is schema-constrained by default (see :mod:`service.decoding`): every output
+validates, and each value comes with its confidence.
 """
 
 from __future__ import annotations
@@ -18,7 +20,16 @@ from pydantic import ValidationError
 from model_store.build import ensure_demo_model
 from model_store.loading import LoadedModel, load_model
 from model_store.schema import FashionAttributes
-from service.backend import ItemOutcome, ModelInfo, PreparedImage
+from service.backend import (
+    DeviceFatalError,
+    DeviceOutOfMemoryError,
+    ItemOutcome,
+    ModelInfo,
+    PreparedImage,
+)
+from service.decoding.confidence import attribute_confidence
+from service.decoding.decoders import DecodingMode, build_decoder
+from service.decoding.grammar import SchemaGrammar
 from service.errors import ErrorCode
 from service.settings import DtypeName, Settings
 
@@ -44,6 +55,26 @@ def resolve_dtype(name: DtypeName, device: torch.device) -> torch.dtype:
     if device.type == "cpu" and name != "float32":
         log.warning("FF_DTYPE=%s on CPU is slow or unsupported; consider float32", name)
     return DTYPES[name]
+
+
+#: Errors after which the CUDA context is corrupt: every later kernel fails too, so the
+#: only recovery is a new process (Kubernetes restarts the pod when liveness fails).
+STICKY_CUDA_ERRORS: Final = (
+    "device-side assert",
+    "illegal memory access",
+    "unspecified launch failure",
+    "misaligned address",
+    "an illegal instruction",
+    "uncorrectable ECC error",
+    "CUDA error: unknown error",
+    "device not ready",
+    "CUDA driver version is insufficient",
+)
+
+
+def is_sticky_cuda_error(exc: BaseException) -> bool:
+    message = str(exc)
+    return any(marker in message for marker in STICKY_CUDA_ERRORS)
 
 
 class PlainTransform:
@@ -94,7 +125,13 @@ class PlainTransform:
 class FlorenceEngine:
     """Implements :class:`service.backend.InferenceBackend` on a real Florence-2."""
 
-    def __init__(self, loaded: LoadedModel, *, max_new_tokens: int) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        max_new_tokens: int,
+        decoding: DecodingMode = DecodingMode.JUMP_FORWARD,
+    ) -> None:
         self._model = loaded.model
         self._processor = loaded.processor
         self._manifest = loaded.manifest
@@ -114,6 +151,21 @@ class FlorenceEngine:
         tokenizer = self._processor.tokenizer
         self._eos_id = int(tokenizer.eos_token_id)
         self._pad_id = int(tokenizer.pad_token_id)
+        # Constrained modes compile the schema grammar here, once per loaded model.
+        self._decoder = build_decoder(
+            self._model, tokenizer, decoding, max_new_tokens=max_new_tokens
+        )
+        grammar = self._decoder.grammar
+        self._token_bytes = list(grammar.tokenizer_info.decoded_vocab) if grammar else []
+
+    @property
+    def decoding_mode(self) -> DecodingMode:
+        """The mode actually in use (jump-forward falls back to constrained if unsupported)."""
+        return self._decoder.mode
+
+    @property
+    def grammar(self) -> SchemaGrammar | None:
+        return self._decoder.grammar
 
     @property
     def info(self) -> ModelInfo:
@@ -136,27 +188,37 @@ class FlorenceEngine:
         blank = self.preprocess(Image.new("RGB", (self._image_size, self._image_size), "gray"))
         self.run_batch([blank, blank])
 
+    def check_device(self) -> None:
+        if self._device.type != "cuda":
+            return
+        try:
+            # A one-element round trip: raises if the context hit a sticky error.
+            torch.ones(1, device=self._device).add_(1).item()
+        except RuntimeError as exc:
+            raise DeviceFatalError(f"device check failed: {exc}") from exc
+
     def close(self) -> None:
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
 
     def run_batch(self, images: Sequence[PreparedImage]) -> list[ItemOutcome]:
+        """One batch. Device OOM is raised as DeviceOutOfMemoryError (the service splits and
+        retries); an error that leaves the CUDA context unusable as DeviceFatalError."""
         if not images:
             return []
         try:
             return self._generate(images)
         except torch.cuda.OutOfMemoryError:
-            log.warning("CUDA out of memory on a batch of %d; splitting", len(images))
-        # Recover outside the except block so the traceback does not pin the batch's tensors.
-        torch.cuda.empty_cache()
-        if len(images) == 1:
-            return [
-                ItemOutcome(
-                    "", 0, error_code=ErrorCode.ENGINE_OOM, error_detail="image did not fit"
-                )
-            ]
-        middle = len(images) // 2
-        return self.run_batch(images[:middle]) + self.run_batch(images[middle:])
+            pass
+        except RuntimeError as exc:
+            if self._device.type == "cuda" and is_sticky_cuda_error(exc):
+                raise DeviceFatalError(str(exc)) from exc
+            raise
+        # Only OOM gets here. Release outside the except block: a live traceback would pin
+        # the batch's tensors and the retry would run out of memory again.
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise DeviceOutOfMemoryError(f"a batch of {len(images)} did not fit on {self._device}")
 
     def _to_device(self, images: Sequence[PreparedImage]) -> torch.Tensor:
         batch = torch.from_numpy(np.stack(images))
@@ -169,20 +231,12 @@ class FlorenceEngine:
     def _generate(self, images: Sequence[PreparedImage]) -> list[ItemOutcome]:
         pixel_values = self._to_device(images)
         input_ids = self._prompt_ids.unsqueeze(0).expand(len(images), -1)
-        sequences = self._model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            pixel_values=pixel_values,
-            max_new_tokens=self._max_new_tokens,
-            num_beams=1,
-            do_sample=False,
-            # Florence-2 ships no_repeat_ngram_size=3, which forbids the repeated `","`
-            # and `":"` that every JSON object needs.
-            no_repeat_ngram_size=0,
-        )
-        return [self._outcome(row) for row in sequences[:, 1:].tolist()]
+        decoded = self._decoder.decode(input_ids, torch.ones_like(input_ids), pixel_values)
+        return [self._outcome(d.tokens, d.logprobs) for d in decoded]
 
-    def _outcome(self, generated: list[int]) -> ItemOutcome:
+    def _outcome(self, generated: list[int], logprobs: list[float] | None = None) -> ItemOutcome:
+        """Judge one row: ``generated`` starts after the decoder start token; ``logprobs``
+        (constrained modes) follow ``<s>``, one per token."""
         if self._eos_id in generated:
             generated = generated[: generated.index(self._eos_id) + 1]
         steps = len([t for t in generated if t != self._pad_id])
@@ -196,7 +250,13 @@ class FlorenceEngine:
             return ItemOutcome(
                 text, steps, error_code=ErrorCode.INVALID_MODEL_OUTPUT, error_detail=detail
             )
-        return ItemOutcome(text, steps, attributes=attributes)
+        confidence = None
+        if logprobs is not None:
+            body = generated[1:-1] if generated[-1] == self._eos_id else generated[1:]
+            confidence = attribute_confidence(
+                attributes, [self._token_bytes[t] for t in body], logprobs[: len(body)]
+            )
+        return ItemOutcome(text, steps, attributes=attributes, confidence=confidence)
 
 
 def load_engine(settings: Settings) -> FlorenceEngine:
@@ -212,4 +272,13 @@ def load_engine(settings: Settings) -> FlorenceEngine:
         verify_checksums=settings.verify_checksums,
     )
     log.info("loaded %s on %s as %s", loaded.manifest.name, device, dtype)
-    return FlorenceEngine(loaded, max_new_tokens=settings.max_new_tokens)
+    return FlorenceEngine(
+        loaded, max_new_tokens=settings.max_new_tokens, decoding=decoding_mode(settings)
+    )
+
+
+def decoding_mode(settings: Settings) -> DecodingMode:
+    """Constrained unless switched off; jump-forward (same tokens, fewer passes) by default."""
+    if not settings.constrained_decoding:
+        return DecodingMode.PLAIN
+    return DecodingMode.JUMP_FORWARD if settings.jump_forward else DecodingMode.CONSTRAINED

@@ -1,8 +1,10 @@
-"""The model's life inside the process: load in the background, warm up, serve, drain.
+"""The model's life inside the process: load in the background, warm up, serve, drain, die.
 
 Loading runs off the event loop so ``/healthz`` answers while a large checkpoint loads,
 and ``/readyz`` says 503 until the model is loaded *and* warmed (a startup/readiness
-probe pair needs exactly that distinction).
+probe pair needs exactly that distinction). A dead engine (sticky device error, a batch
+stuck past the stall limit) turns both probes 503 so Kubernetes restarts the pod instead
+of it serving errors for hours.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import importlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 from typing import Final
 
@@ -24,17 +27,21 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 BackendLoader = Callable[[Settings], InferenceBackend]
-#: The batcher loop ticks at least every second while idle; this much silence means the
-#: loop or the engine thread is wedged and the pod should be restarted.
-HEARTBEAT_STALE_S: Final = 60.0
+#: The batcher loop ticks at least every second while idle; this much silence with no
+#: batch running means the event loop itself is wedged.
+HEARTBEAT_STALE_S: Final = 30.0
+#: A device round trip slower than this is "busy", not dead: the engine thread may hold
+#: the device with a long batch. Only an error from the device marks the engine dead.
+DEVICE_CHECK_TIMEOUT_S: Final = 2.0
 
 
 class Phase(StrEnum):
     LOADING = "loading"
     READY = "ready"
-    FAILED = "failed"
     DRAINING = "draining"
     STOPPED = "stopped"
+    FAILED = "failed"  # the model never loaded
+    DEAD = "dead"  # the engine broke while serving
 
 
 def load_real_engine(settings: Settings) -> InferenceBackend:
@@ -56,14 +63,24 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.phase = Phase.LOADING
         self.error: str | None = None
         self.backend = backend
         self.extractor: Extractor | None = None
         self.load_seconds: float | None = None
         self._loader = loader
-        self._fetcher = fetcher_from_settings(settings)
+        self._fetcher = fetcher_from_settings(settings, on_failure=metrics.url_fetch_failed)
         self._load_task: asyncio.Task[None] | None = None
+        self._device_checker = ThreadPoolExecutor(1, thread_name_prefix="device-check")
+        self._device_check: asyncio.Future[None] | None = None
+        self.phase = Phase.LOADING
+        self._set_phase(Phase.LOADING)
+
+    def _set_phase(self, phase: Phase, error: str | None = None) -> None:
+        self.phase = phase
+        if error is not None:
+            self.error = error
+        self.metrics.set_engine_state(phase.value, tuple(p.value for p in Phase))
+        self.metrics.ready.set(1 if phase == Phase.READY else 0)
 
     @property
     def model_info(self) -> ModelInfo | None:
@@ -88,46 +105,113 @@ class Runtime:
                 backend = self.backend
             self.backend = backend
             await asyncio.to_thread(backend.warmup)
-            extractor = Extractor(backend, self.settings, self.metrics, self._fetcher)
+            loop = asyncio.get_running_loop()
+            extractor = Extractor(
+                backend,
+                self.settings,
+                self.metrics,
+                self._fetcher,
+                # Called on the engine thread: hop to the loop before touching state.
+                on_fatal=lambda exc: self._report_fatal(loop, exc),
+            )
             await extractor.start()
         except Exception as exc:  # any load failure must surface in the probes, not vanish
             log.exception("model load failed")
-            self.phase, self.error = Phase.FAILED, f"{type(exc).__name__}: {exc}"
+            self._set_phase(Phase.FAILED, f"{type(exc).__name__}: {exc}")
             return
         self.extractor = extractor
         self.load_seconds = time.perf_counter() - started
         self.metrics.set_model(backend.info)
-        self.metrics.ready.set(1)
-        self.phase = Phase.READY
+        self._set_phase(Phase.READY)
         log.info("model ready in %.2fs: %s", self.load_seconds, backend.info.name)
+
+    def _report_fatal(self, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
+        loop.call_soon_threadsafe(self.mark_dead, repr(exc))
+
+    def mark_dead(self, reason: str) -> None:
+        if self.phase in (Phase.READY, Phase.DRAINING):
+            log.error("engine dead: %s", reason)
+            self._set_phase(Phase.DEAD, reason)
+
+    async def drain(self) -> bool:
+        """SIGTERM: readiness 503 at once, refuse new work, let admitted work finish
+        within ``drain_timeout_s``. True if everything finished in time."""
+        if self.phase == Phase.READY:
+            self._set_phase(Phase.DRAINING)
+        if self.extractor is None:
+            return True
+        started = time.perf_counter()
+        finished = await self.extractor.drain(self.settings.drain_timeout_s)
+        log.info(
+            "drain %s in %.2fs",
+            "complete" if finished else "timed out",
+            time.perf_counter() - started,
+        )
+        return finished
 
     async def stop(self) -> None:
         """Refuse new work, finish what was accepted, release the model."""
         if self.phase == Phase.READY:
-            self.phase = Phase.DRAINING
-        self.metrics.ready.set(0)
+            self._set_phase(Phase.DRAINING)
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
         if self.extractor is not None:
+            self.extractor.admission.start_draining()
             await self.extractor.stop()
         if self.backend is not None:
             await asyncio.to_thread(self.backend.close)
         await self._fetcher.aclose()
-        self.phase = Phase.STOPPED
+        self._device_checker.shutdown(wait=False, cancel_futures=True)
+        self._set_phase(Phase.STOPPED)
 
-    def liveness(self) -> tuple[bool, str]:
-        if self.phase == Phase.FAILED:
-            return False, f"model load failed: {self.error}"
-        if self.extractor is not None and self.phase == Phase.READY:
-            silence = time.monotonic() - self.extractor.batcher.last_heartbeat_monotonic
-            if not self.extractor.batcher.running:
-                return False, "batcher loop is not running"
-            if silence > HEARTBEAT_STALE_S:
-                return False, f"batcher loop silent for {silence:.0f}s"
+    async def liveness(self) -> tuple[bool, str]:
+        if self.phase in (Phase.FAILED, Phase.DEAD):
+            return False, f"engine {self.phase.value}: {self.error}"
+        if self.extractor is None or self.phase == Phase.STOPPED:
+            return True, self.phase.value
+        stalled = self._stall_reason()
+        if stalled is not None:
+            self.mark_dead(stalled)
+            return False, stalled
+        if not await self._touch_device():
+            return False, f"engine dead: {self.error}"
         return True, self.phase.value
 
-    def readiness(self) -> tuple[bool, str]:
-        live, detail = self.liveness()
+    def _stall_reason(self) -> str | None:
+        assert self.extractor is not None
+        batcher = self.extractor.batcher
+        now = time.monotonic()
+        if not batcher.running and self.phase == Phase.READY:
+            return "batcher loop is not running"
+        busy_since = batcher.busy_since_monotonic
+        if busy_since is not None:
+            if now - busy_since > self.settings.engine_stall_timeout_s:
+                return f"a batch has run for {now - busy_since:.0f}s"
+        elif batcher.running and now - batcher.last_heartbeat_monotonic > HEARTBEAT_STALE_S:
+            return f"batcher loop silent for {now - batcher.last_heartbeat_monotonic:.0f}s"
+        return None
+
+    async def _touch_device(self) -> bool:
+        """A tiny device round trip (CUDA only); one at a time, bounded wait. False only
+        when the device answered with an error."""
+        if self.backend is None:
+            return True
+        if self._device_check is None or self._device_check.done():
+            loop = asyncio.get_running_loop()
+            self._device_check = loop.run_in_executor(
+                self._device_checker, self.backend.check_device
+            )
+        try:
+            await asyncio.wait_for(asyncio.shield(self._device_check), DEVICE_CHECK_TIMEOUT_S)
+        except TimeoutError:
+            return True  # busy, not dead: the stall limit decides about long batches
+        except Exception as exc:
+            self.mark_dead(f"device check failed: {exc}")
+            return False
+        return True
+
+    async def readiness(self) -> tuple[bool, str]:
+        live, detail = await self.liveness()
         if not live:
             return False, detail
         return self.phase == Phase.READY, self.phase.value

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from service.backend import ModelInfo
+from service.cache import CacheMetrics
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS_S: Final = (
@@ -65,6 +66,42 @@ class ServiceMetrics:
             ["name", "revision", "device", "dtype"], registry=r,
         )  # fmt: skip
         self.ready = Gauge("ff_ready", "1 when the model is loaded and warmed up", registry=r)
+        # Reasons are a fixed set (service.intake.fetch.FetchFailure): low cardinality.
+        self.url_fetch_failures = Counter(
+            "ff_url_fetch_failures", "URL fetches refused or failed, by internal reason",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.rejections = Counter(
+            "ff_rejections", "Work refused at admission, by reason", ["reason"], registry=r
+        )
+        self.deadline_drops = Counter(
+            "ff_deadline_drops", "Images dropped unrun because their deadline passed", ["stage"],
+            registry=r,
+        )  # fmt: skip
+        self.cancellations = Counter(
+            "ff_cancellations", "Images skipped because the client went away", registry=r
+        )
+        self.oom_splits = Counter(
+            "ff_oom_splits", "Batches split in half after device out-of-memory", registry=r
+        )
+        self.engine_state = Gauge(
+            "ff_engine_state", "1 for the engine's current state", ["state"], registry=r
+        )
+        self.in_flight = Gauge(
+            "ff_in_flight_requests", "Images admitted and not yet answered", registry=r
+        )
+        # Result cache (issue 9, service.cache)
+        self.cache = CacheMetrics(
+            hits=Counter("ff_cache_hits", "Images answered from the result cache", registry=r),
+            misses=Counter("ff_cache_misses", "Result cache lookups that missed", registry=r),
+            evictions=Counter(
+                "ff_cache_evictions", "Entries evicted by the cache's bounds", registry=r
+            ),
+            entries=Gauge("ff_cache_entries", "Entries in the result cache", registry=r),
+            size_bytes=Gauge(
+                "ff_cache_size_bytes", "Estimated memory of the result cache", registry=r
+            ),
+        )
 
     # BatchObserver protocol (service.batching)
     def queue_depth(self, depth: int) -> None:
@@ -77,6 +114,19 @@ class ServiceMetrics:
         self.batch_size.observe(size)
         self.inference_seconds.observe(seconds)
         self.images.inc(size)
+
+    def deadline_drop(self, stage: str) -> None:
+        self.deadline_drops.labels(stage).inc()
+
+    def cancelled_skip(self) -> None:
+        self.cancellations.inc()
+
+    def set_engine_state(self, state: str, all_states: tuple[str, ...]) -> None:
+        for name in all_states:
+            self.engine_state.labels(name).set(1 if name == state else 0)
+
+    def url_fetch_failed(self, reason: str) -> None:
+        self.url_fetch_failures.labels(reason).inc()
 
     def set_model(self, info: ModelInfo) -> None:
         self.model_info.labels(info.name, info.revision, info.device, info.dtype).set(1)

@@ -6,14 +6,16 @@ start with a message naming the variable instead of misbehaving under load.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DeviceName = Literal["auto", "cpu", "cuda"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
+_HOST_PATTERN = re.compile(r"^(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*$")  # FF_URL_ALLOWED_HOSTS
 
 
 class Settings(BaseSettings):
@@ -36,8 +38,24 @@ class Settings(BaseSettings):
         default="auto",
         description="auto = bfloat16 on CUDA (float16 if bf16 unsupported), float32 on CPU.",
     )
-    max_new_tokens: int = Field(default=96, ge=8, le=1024)
+    max_new_tokens: int = Field(
+        default=256, ge=8, le=1024,
+        description="Generation bound; constrained decoding needs the schema's longest output "
+        "in tokens (216 for schema v1: a token per byte, plus <s> and </s>).",
+    )  # fmt: skip
     verify_checksums: bool = True
+
+    # Decoding
+    constrained_decoding: bool = Field(
+        default=True,
+        description="Mask every step to the schema-v1 grammar, so every output validates and "
+        "carries confidence; false = plain greedy decoding, for diagnosis only.",
+    )
+    jump_forward: bool = Field(
+        default=True,
+        description="With constrained decoding: feed grammar-forced text in one decoder pass "
+        "per step (same tokens as without, fewer passes).",
+    )
 
     # Batching
     max_batch_size: int = Field(default=16, ge=1, le=1024)
@@ -54,10 +72,91 @@ class Settings(BaseSettings):
     fetch_read_timeout_ms: float = Field(default=5_000.0, gt=0.0, le=120_000.0)
     fetch_total_timeout_ms: float = Field(default=10_000.0, gt=0.0, le=300_000.0)
 
+    # Intake hardening (issue 4): decoder and URL-fetch limits beyond the basic ones above.
+    max_image_side_px: int = Field(default=16_384, ge=64, le=65_535)
+    max_image_frames: int = Field(default=1_000, ge=1, le=100_000)
+    decode_budget_ms: float = Field(default=5_000.0, gt=0.0, le=120_000.0)
+    fetch_max_redirects: int = Field(default=3, ge=0, le=10)
+    # Comma-separated exact hosts and "*.suffix" patterns (ASCII/punycode); empty = any host.
+    url_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    # Lets the fetcher dial 127.0.0.0/8 and ::1 so tests can use local servers. Never in
+    # production: it is exactly the hole the address checks close.
+    url_allow_loopback_for_tests: bool = False
+
+    @field_validator("url_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            hosts = tuple(str(part).strip().lower().removesuffix(".") for part in value)
+            bad = [host for host in hosts if not _HOST_PATTERN.match(host)]
+            if bad:
+                raise ValueError(f"not a host or *.suffix pattern: {bad}")
+            return hosts
+        return value
+
+    # Lifecycle and protection
+    request_timeout_ms: float = Field(
+        default=30_000.0, ge=100.0, le=600_000.0,
+        description="Default per-request deadline; X-Request-Timeout-Ms may only shorten it.",
+    )  # fmt: skip
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0.0, le=3_600.0,
+        description="On SIGTERM, how long queued and in-flight work may take to finish.",
+    )  # fmt: skip
+    engine_stall_timeout_s: float = Field(
+        default=120.0, ge=1.0, le=3_600.0,
+        description="A batch running longer than this marks the engine dead (liveness 503).",
+    )  # fmt: skip
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated bearer keys for /v1/*; hashed at start, never logged.",
+    )
+    api_key_sha256: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated sha256 hex digests of accepted keys (for secret stores).",
+    )
+
+    @field_validator("api_keys", "api_key_sha256", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_key_sha256")
+    @classmethod
+    def _hex_digests(cls, digests: list[str]) -> list[str]:
+        for digest in digests:
+            if len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest):
+                raise ValueError("FF_API_KEY_SHA256 entries must be 64 hex characters")
+        return [d.lower() for d in digests]
+
     # Server
     host: str = "0.0.0.0"  # a container service listens on all interfaces
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # --- Result cache, logs and tracing (issue 9) ---
+    cache_enabled: bool = Field(
+        default=True,
+        description="Answer repeated images (same bytes, same model revision) from memory.",
+    )
+    cache_max_entries: int = Field(default=10_000, ge=1, le=10_000_000)
+    cache_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024,
+        description="Approximate memory the cached answers may take (they are ~1-2 KiB each).",
+    )  # fmt: skip
+    log_format: Literal["json", "plain"] = Field(
+        default="json", description="json = one JSON object per line; plain = for humans."
+    )
+    tracing_enabled: bool = Field(
+        default=False,
+        description="OpenTelemetry spans (fetch, decode, queue, inference) if the optional "
+        "opentelemetry packages are installed; exporting is the deployment's SDK's job.",
+    )
+    # --- end issue 9 ---
 
     @model_validator(mode="after")
     def _limits_consistent(self) -> Settings:

@@ -60,6 +60,9 @@ class FakeBackend:
     def close(self) -> None:
         self.closed = True
 
+    def check_device(self) -> None:
+        pass
+
     def run_batch(self, images: Sequence[PreparedImage]) -> list[ItemOutcome]:
         self.batches.append(len(images))
         if self.batch_delay_s:

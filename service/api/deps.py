@@ -17,6 +17,12 @@ def get_runtime(request: Request) -> Runtime:
 
 def get_extractor(request: Request) -> Extractor:
     runtime = get_runtime(request)
+    if runtime.phase == Phase.DRAINING:
+        raise ServiceError(
+            ErrorCode.DRAINING,
+            "the service is shutting down; retry elsewhere",
+            headers={"Retry-After": "1"},
+        )
     if runtime.phase != Phase.READY or runtime.extractor is None:
         raise ServiceError(
             ErrorCode.NOT_READY, f"model is {runtime.phase.value}", headers={"Retry-After": "5"}

@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from model_store.schema import FashionAttributes
+from service.api.auth import require_api_key
 from service.api.deps import get_extractor, model_ref
+from service.api.disconnect import cancel_on_disconnect
 from service.api.middleware import request_id_of
 from service.api.schemas import (
     BatchFailure,
@@ -21,12 +24,17 @@ from service.api.schemas import (
     TimingMs,
     UrlBatchRequest,
     UrlRequest,
+    problem_responses,
 )
+from service.decoding.confidence import AttributeConfidence, filter_tags
 from service.errors import ErrorCode, ServiceError
 from service.extraction import Extraction, Extractor
 from service.settings import Settings
 
-router = APIRouter(prefix="/v1", tags=["extract"])
+router = APIRouter(prefix="/v1", tags=["extract"], dependencies=[Depends(require_api_key)])
+
+#: Lets a caller shorten (never lengthen) the server's default deadline, in milliseconds.
+TIMEOUT_HEADER = "x-request-timeout-ms"
 
 _FILE: dict[str, Any] = {"type": "string", "format": "binary"}
 
@@ -71,7 +79,11 @@ async def _uploaded_images(request: Request, settings: Settings) -> list[bytes]:
         ErrorCode.TOO_MANY_ITEMS, f"at most {settings.max_batch_items} images per request"
     )
     try:
-        form = await request.form(max_files=settings.max_batch_items + 1, max_fields=16)
+        # Multipart limits: files as configured (+1 to tell "too many"), few and small text
+        # fields (the API reads none); the body cap bounds what the parser can spool.
+        form = await request.form(
+            max_files=settings.max_batch_items + 1, max_fields=8, max_part_size=64 * 1024
+        )
     except StarletteHTTPException as exc:
         # The parser stops at max_files (so a huge batch is not spooled to disk first); that
         # is this API's too_many_items, not a malformed request.
@@ -101,12 +113,20 @@ def _unsupported(request: Request) -> ServiceError:
     )
 
 
-@router.post("/extract", response_model=ExtractResponse, openapi_extra=_REQUEST_BODY_DOC)
-async def extract(
-    request: Request, extractor: Annotated[Extractor, Depends(get_extractor)]
-) -> ExtractResponse:
-    started = time.perf_counter()
-    settings: Settings = request.app.state.settings
+def _deadline(request: Request, extractor: Extractor) -> float:
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return extractor.deadline_after_ms(None)
+    try:
+        timeout_ms = float(raw)
+    except ValueError:
+        timeout_ms = -1.0
+    if not 0 < timeout_ms < float("inf"):
+        raise ServiceError(ErrorCode.INVALID_REQUEST, f"{TIMEOUT_HEADER} must be a positive number")
+    return extractor.deadline_after_ms(timeout_ms)
+
+
+async def _single_payload(request: Request, settings: Settings) -> bytes | str:
     media_type = _media_type(request)
     if media_type == "multipart/form-data":
         images = await _uploaded_images(request, settings)
@@ -114,16 +134,60 @@ async def extract(
             raise ServiceError(
                 ErrorCode.INVALID_REQUEST, "send exactly one 'image'; use /v1/extract/batch"
             )
-        data = images[0]
-    elif media_type == "application/json":
-        data = await extractor.fetch((await _json_body(request, UrlRequest)).url)
-    else:
-        raise _unsupported(request)
-    result = await extractor.extract(data)
+        return images[0]
+    if media_type == "application/json":
+        return str((await _json_body(request, UrlRequest)).url)
+    raise _unsupported(request)
+
+
+MinTagConfidence = Annotated[
+    float | None,
+    Query(
+        ge=0.0,
+        le=1.0,
+        description="Drop tags whose confidence is below this; ignored (no tag dropped) when "
+        "the service runs without constrained decoding, i.e. `confidence` is null.",
+    ),
+]
+
+
+def _filtered(
+    result: Extraction, min_tag_confidence: float | None
+) -> tuple[FashionAttributes, AttributeConfidence | None]:
+    if min_tag_confidence is None or result.confidence is None:
+        return result.attributes, result.confidence
+    return filter_tags(result.attributes, result.confidence, min_tag_confidence)
+
+
+_EXTRACT_ERRORS = problem_responses(400, 401, 413, 415, 422, 499, 502, 503, 504)
+
+
+@router.post(
+    "/extract",
+    response_model=ExtractResponse,
+    openapi_extra=_REQUEST_BODY_DOC,
+    responses=_EXTRACT_ERRORS,
+)
+async def extract(
+    request: Request,
+    extractor: Annotated[Extractor, Depends(get_extractor)],
+    min_tag_confidence: MinTagConfidence = None,
+) -> ExtractResponse:
+    started = time.perf_counter()
+    deadline = _deadline(request, extractor)
+    # Admitted before the body is parsed: under overload the refusal costs microseconds.
+    extractor.admission.acquire()
+    try:
+        payload = await _single_payload(request, request.app.state.settings)
+        result = await cancel_on_disconnect(request, extractor.extract(payload, deadline))
+    finally:
+        extractor.admission.release()
+    attributes, confidence = _filtered(result, min_tag_confidence)
     return ExtractResponse(
         request_id=request_id_of(request.scope),
         model=model_ref(request),
-        attributes=result.attributes,
+        attributes=attributes,
+        confidence=confidence,
         timing_ms=TimingMs(
             queue=round(result.queue_ms, 3),
             inference=round(result.inference_ms, 3),
@@ -132,11 +196,20 @@ async def extract(
     )
 
 
-@router.post("/extract/batch", response_model=BatchResponse, openapi_extra=_BATCH_BODY_DOC)
+@router.post(
+    "/extract/batch",
+    response_model=BatchResponse,
+    openapi_extra=_BATCH_BODY_DOC,
+    responses=_EXTRACT_ERRORS,
+)
 async def extract_batch(
-    request: Request, extractor: Annotated[Extractor, Depends(get_extractor)]
+    request: Request,
+    extractor: Annotated[Extractor, Depends(get_extractor)],
+    min_tag_confidence: MinTagConfidence = None,
 ) -> BatchResponse:
     settings: Settings = request.app.state.settings
+    deadline = _deadline(request, extractor)
+    extractor.admission.check_open()  # refuse before parsing when nothing could be admitted
     media_type = _media_type(request)
     payloads: list[bytes | str]
     if media_type == "multipart/form-data":
@@ -150,16 +223,19 @@ async def extract_batch(
         payloads = list(urls)
     else:
         raise _unsupported(request)
-    results = await extractor.extract_many(payloads)
+    results = await cancel_on_disconnect(request, extractor.extract_many(payloads, deadline))
     return BatchResponse(
         request_id=request_id_of(request.scope),
         model=model_ref(request),
-        results=[_batch_item(request, r) for r in results],
+        results=[_batch_item(request, r, min_tag_confidence) for r in results],
     )
 
 
-def _batch_item(request: Request, result: Extraction | ServiceError) -> BatchSuccess | BatchFailure:
+def _batch_item(
+    request: Request, result: Extraction | ServiceError, min_tag_confidence: float | None
+) -> BatchSuccess | BatchFailure:
     if isinstance(result, ServiceError):
         request.app.state.metrics.errors.labels(result.code.value).inc()
         return BatchFailure(error=ItemError(code=result.code.value, detail=result.detail))
-    return BatchSuccess(attributes=result.attributes)
+    attributes, confidence = _filtered(result, min_tag_confidence)
+    return BatchSuccess(attributes=attributes, confidence=confidence)

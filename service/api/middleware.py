@@ -91,31 +91,53 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+        # A declared length is only a shortcut: the bytes are counted below whatever it says
+        # (chunked bodies have none, and a length can lie low). Over 18 digits is over any
+        # limit, and int() of thousands of digits would raise instead of answering 413.
+        if (
+            declared is not None
+            and declared.isdigit()
+            and (len(declared) > 18 or int(declared) > self.max_body_bytes)
+        ):
             await self._reject(scope, send)
             return
         received = 0
+        too_large = False
         response_started = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
+            if too_large:
+                raise _BodyTooLargeError  # an app that retries after the refusal gets it again
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
+                    too_large = True
                     raise _BodyTooLargeError
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal response_started
+            if too_large:
+                # The app turned the refusal into an answer of its own (a broad handler's
+                # 400 or 500): the client gets the 413 instead.
+                if not response_started:
+                    response_started = True
+                    await self._reject(scope, send)
+                return
             response_started = response_started or message["type"] == "http.response.start"
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLargeError:
-            if not response_started:
-                await self._reject(scope, send)
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            # Whatever the refusal became on its way out (the error itself, or wrapped in an
+            # ExceptionGroup by a task group) it is still a 413; anything else propagates.
+            if not too_large:
+                raise
+        if too_large and not response_started:
+            await self._reject(scope, send)
 
     async def _reject(self, scope: Scope, send: Send) -> None:
         detail = f"request body exceeds {self.max_body_bytes} bytes"

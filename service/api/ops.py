@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
+from service.api.auth import require_api_key
 from service.api.deps import get_runtime
-from service.api.schemas import HealthResponse, ModelResponse
+from service.api.schemas import HealthResponse, ModelResponse, problem_responses
 from service.errors import ErrorCode, ServiceError
 from service.lifecycle import Runtime
 from service.metrics import CONTENT_TYPE
@@ -23,16 +24,16 @@ def _probe(ok: bool, detail: str) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
 
-@router.get("/healthz", response_model=HealthResponse)
+@router.get("/healthz", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
 async def healthz(runtime: RuntimeDep) -> JSONResponse:
     """Liveness: the process and its batcher loop are alive. Does no model work."""
-    return _probe(*runtime.liveness())
+    return _probe(*(await runtime.liveness()))
 
 
-@router.get("/readyz", response_model=HealthResponse)
+@router.get("/readyz", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
     """Readiness: the model is loaded and warmed, and the service is not draining."""
-    return _probe(*runtime.readiness())
+    return _probe(*(await runtime.readiness()))
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -40,7 +41,12 @@ async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
 
 
-@router.get("/v1/model", response_model=ModelResponse)
+@router.get(
+    "/v1/model",
+    response_model=ModelResponse,
+    dependencies=[Depends(require_api_key)],
+    responses=problem_responses(401, 503),
+)
 async def model(runtime: RuntimeDep) -> ModelResponse:
     info = runtime.model_info
     if info is None:

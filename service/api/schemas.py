@@ -2,19 +2,56 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
 from model_store.schema import FashionAttributes
+from service.decoding.confidence import AttributeConfidence
+
+_CONFIDENCE_DOC = (
+    "Per-value confidence in [0, 1], shaped like `attributes`; null when the service runs "
+    "without constrained decoding."
+)
+
+#: Documented shape of an image URL. Enforced by the fetcher (``url_not_allowed``), not by
+#: request validation, so a wrong scheme gets its own stable code rather than a generic 400.
+URL_SCHEMA: dict[str, Any] = {"pattern": "^[hH][tT][tT][pP][sS]?://", "format": "uri"}
 
 
 class UrlRequest(BaseModel):
-    url: str = Field(min_length=1, max_length=8192, description="http(s) URL of the image")
+    url: str = Field(
+        min_length=1,
+        max_length=8192,
+        description="http(s) URL of the image",
+        json_schema_extra=URL_SCHEMA,
+    )
 
 
 class UrlBatchRequest(BaseModel):
-    urls: list[str] = Field(min_length=1, description="http(s) URLs, answered in this order")
+    urls: list[Annotated[str, Field(max_length=8192, json_schema_extra=URL_SCHEMA)]] = Field(
+        min_length=1, description="http(s) URLs, answered in this order"
+    )
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details; ``code`` is the stable, machine-readable part."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str | None = None
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the error statuses a route can return."""
+    schema = {"$ref": "#/components/schemas/Problem"}
+    return {
+        status: {"model": Problem, "content": {"application/problem+json": {"schema": schema}}}
+        for status in statuses
+    }
 
 
 class ModelRef(BaseModel):
@@ -32,6 +69,7 @@ class ExtractResponse(BaseModel):
     request_id: str
     model: ModelRef
     attributes: FashionAttributes
+    confidence: AttributeConfidence | None = Field(default=None, description=_CONFIDENCE_DOC)
     timing_ms: TimingMs
 
 
@@ -42,6 +80,7 @@ class ItemError(BaseModel):
 
 class BatchSuccess(BaseModel):
     attributes: FashionAttributes
+    confidence: AttributeConfidence | None = Field(default=None, description=_CONFIDENCE_DOC)
 
 
 class BatchFailure(BaseModel):

@@ -2,5 +2,6 @@
 
 from service.intake.decode import decode_image
 from service.intake.fetch import ImageFetcher, fetcher_from_settings
+from service.intake.worker import run_with_budget
 
-__all__ = ["ImageFetcher", "decode_image", "fetcher_from_settings"]
+__all__ = ["ImageFetcher", "decode_image", "fetcher_from_settings", "run_with_budget"]

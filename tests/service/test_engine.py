@@ -1,10 +1,16 @@
-"""FlorenceEngine on real tiny Florence-2 models: preprocessing, batching, honest failures."""
+"""FlorenceEngine on real tiny Florence-2 models: preprocessing, batching, decoding modes.
+
+Plain decoding fails honestly per item on the random-weight model; constrained decoding
+(the default) cannot fail that way. The decoding internals are tested in
+``tests/service/decoding``.
+"""
 
 from __future__ import annotations
 
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,12 +21,20 @@ from model_store.loading import load_model
 from model_store.manifest import MANIFEST_NAME, sha256_file
 from model_store.schema import FashionAttributes
 from service.backend import ItemOutcome
-from service.engine import FlorenceEngine, load_engine, resolve_device, resolve_dtype
+from service.decoding.decoders import DecodingConfigError, DecodingMode
+from service.decoding.grammar import compile_schema_grammar
+from service.engine import (
+    FlorenceEngine,
+    decoding_mode,
+    load_engine,
+    resolve_device,
+    resolve_dtype,
+)
 from service.errors import ErrorCode
 from service.settings import Settings
 from tests.conftest import TRAINED_CLASSES, TRAINED_MODEL_NAME, garment_image, photo_paths
 
-MAX_NEW_TOKENS = 48  # a full target is ~30 tokens; keeps the random model's runs short
+PLAIN_MAX_NEW_TOKENS = 48  # a full target is ~30 tokens; keeps the random model's runs short
 
 
 def photos(count: int) -> list[Image.Image]:
@@ -35,14 +49,22 @@ def photos(count: int) -> list[Image.Image]:
 
 @pytest.fixture(scope="module")
 def demo_engine(demo_model_dir: Path) -> FlorenceEngine:
-    return FlorenceEngine(load_model(str(demo_model_dir)), max_new_tokens=MAX_NEW_TOKENS)
+    """Plain (unconstrained) decoding: the diagnosis mode."""
+    return FlorenceEngine(
+        load_model(str(demo_model_dir)),
+        max_new_tokens=PLAIN_MAX_NEW_TOKENS,
+        decoding=DecodingMode.PLAIN,
+    )
+
+
+@pytest.fixture(scope="module")
+def constrained_demo_engine(demo_model_dir: Path) -> FlorenceEngine:
+    return load_engine(Settings(model_path=str(demo_model_dir), device="cpu"))
 
 
 @pytest.fixture(scope="module")
 def trained_engine(trained_model_dir: Path) -> FlorenceEngine:
-    return load_engine(
-        Settings(model_path=str(trained_model_dir), device="cpu", max_new_tokens=MAX_NEW_TOKENS)
-    )
+    return load_engine(Settings(model_path=str(trained_model_dir), device="cpu"))
 
 
 def target_ids(engine: FlorenceEngine, text: str) -> list[int]:
@@ -83,21 +105,87 @@ def test_random_model_fails_honestly_per_item(demo_engine: FlorenceEngine) -> No
     for outcome in outcomes:
         assert isinstance(outcome, ItemOutcome)
         assert isinstance(outcome.text, str)
-        assert 1 <= outcome.generated_tokens <= MAX_NEW_TOKENS
+        assert 1 <= outcome.generated_tokens <= PLAIN_MAX_NEW_TOKENS
         assert not outcome.ok
         assert outcome.attributes is None
         assert outcome.error_code == ErrorCode.INVALID_MODEL_OUTPUT
         assert outcome.error_code == "invalid_model_output"  # the public, stable code
         assert outcome.error_detail is not None
         assert "schema error" in outcome.error_detail
+        assert outcome.confidence is None
 
 
-def test_run_batch_is_deterministic_and_batch_independent(demo_engine: FlorenceEngine) -> None:
-    batch = [demo_engine.preprocess(image) for image in photos(3)]
-    together = demo_engine.run_batch(batch)
-    alone = [demo_engine.run_batch([item])[0] for item in batch]
+def test_constrained_random_model_always_validates(
+    constrained_demo_engine: FlorenceEngine,
+) -> None:
+    """The same random weights under the default (constrained) decoding: valid every time."""
+    assert constrained_demo_engine.decoding_mode is DecodingMode.JUMP_FORWARD
+    batch = [constrained_demo_engine.preprocess(image) for image in photos(4)]
+    for outcome in constrained_demo_engine.run_batch(batch):
+        assert outcome.ok, outcome.error_detail
+        assert outcome.attributes is not None
+        assert outcome.text == outcome.attributes.to_target_text()
+        assert outcome.confidence is not None
+        assert outcome.error_code is None
+
+
+@pytest.mark.parametrize("engine_name", ["demo_engine", "constrained_demo_engine"])
+def test_run_batch_is_deterministic_and_batch_independent(
+    engine_name: str, request: pytest.FixtureRequest
+) -> None:
+    engine: FlorenceEngine = request.getfixturevalue(engine_name)
+    batch = [engine.preprocess(image) for image in photos(3)]
+    together = engine.run_batch(batch)
+    alone = [engine.run_batch([item])[0] for item in batch]
     assert [o.text for o in together] == [o.text for o in alone]
     assert [o.generated_tokens for o in together] == [o.generated_tokens for o in alone]
+    for joint, single in zip(together, alone, strict=True):
+        if engine.decoding_mode is DecodingMode.PLAIN:
+            assert joint.confidence is single.confidence is None
+            continue
+        assert joint.confidence is not None
+        assert single.confidence is not None
+        for name, value in joint.confidence.model_dump().items():
+            np.testing.assert_allclose(value, getattr(single.confidence, name), atol=1e-5)
+
+
+def test_grammar_is_compiled_once_per_model_load(
+    demo_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return compile_schema_grammar(*args, **kwargs)
+
+    monkeypatch.setattr("service.decoding.decoders.compile_schema_grammar", counting)
+    engine = load_engine(Settings(model_path=str(demo_model_dir), device="cpu"))
+    assert len(calls) == 1
+    grammar = engine.grammar
+    engine.warmup()
+    for image in photos(2):
+        engine.run_batch([engine.preprocess(image)] * 2)
+    assert len(calls) == 1  # requests reuse it
+    assert engine.grammar is grammar
+    load_engine(Settings(model_path=str(demo_model_dir), device="cpu", jump_forward=False))
+    assert len(calls) == 2  # a new load compiles its own
+
+
+def test_too_small_max_new_tokens_fails_at_load(demo_model_dir: Path) -> None:
+    settings = Settings(model_path=str(demo_model_dir), device="cpu", max_new_tokens=96)
+    with pytest.raises(DecodingConfigError, match=r"FF_MAX_NEW_TOKENS>=216"):
+        load_engine(settings)
+    plain = settings.model_copy(update={"constrained_decoding": False})
+    assert load_engine(plain).decoding_mode is DecodingMode.PLAIN
+
+
+def test_decoding_mode_follows_settings() -> None:
+    assert decoding_mode(Settings()) is DecodingMode.JUMP_FORWARD
+    assert decoding_mode(Settings(jump_forward=False)) is DecodingMode.CONSTRAINED
+    assert decoding_mode(Settings(constrained_decoding=False)) is DecodingMode.PLAIN
+    assert decoding_mode(Settings(constrained_decoding=False, jump_forward=False)) is (
+        DecodingMode.PLAIN
+    )
 
 
 def test_empty_batch(demo_engine: FlorenceEngine) -> None:
@@ -171,10 +259,11 @@ def test_trained_model_extracts_the_expected_attributes(trained_engine: Florence
     assert len(outcomes) == len(cases)
     correct = 0
     for outcome, (_, target) in zip(outcomes, cases, strict=True):
-        if outcome.ok:
-            assert outcome.generated_tokens > 20
-            assert outcome.error_code is None
-            assert outcome.text == outcome.attributes.to_target_text()  # type: ignore[union-attr]
+        assert outcome.ok, outcome.error_detail  # constrained: never invalid
+        assert outcome.generated_tokens > 20
+        assert outcome.error_code is None
+        assert outcome.text == outcome.attributes.to_target_text()  # type: ignore[union-attr]
+        assert outcome.confidence is not None
         if outcome.attributes == FashionAttributes.model_validate(target):
             correct += 1
     assert correct >= len(cases) - 1, [o.text for o in outcomes]
@@ -192,7 +281,13 @@ def test_load_engine_for_a_trained_model(
 
 def test_demo_model_is_built_once_and_reused(tmp_path: Path) -> None:
     directory = tmp_path / "cache" / "demo-model"
-    settings = Settings(model_path=None, demo_model_dir=directory, device="cpu", max_new_tokens=8)
+    settings = Settings(
+        model_path=None,
+        demo_model_dir=directory,
+        device="cpu",
+        max_new_tokens=8,
+        constrained_decoding=False,
+    )
     first = load_engine(settings)
     assert first.info.name == "fashion-florence-demo"
     weights = directory / "model.safetensors"
@@ -208,7 +303,13 @@ def test_demo_model_is_built_once_and_reused(tmp_path: Path) -> None:
 
 def test_corrupt_demo_model_is_rebuilt(tmp_path: Path) -> None:
     directory = tmp_path / "demo-model"
-    settings = Settings(model_path=None, demo_model_dir=directory, device="cpu", max_new_tokens=8)
+    settings = Settings(
+        model_path=None,
+        demo_model_dir=directory,
+        device="cpu",
+        max_new_tokens=8,
+        constrained_decoding=False,
+    )
     load_engine(settings)
     weights = directory / "model.safetensors"
     good = sha256_file(weights)
@@ -241,7 +342,6 @@ def test_engine_bf16_on_cuda(trained_model_dir: Path) -> None:
             model_path=str(trained_model_dir),
             device="cuda",
             dtype="bfloat16",
-            max_new_tokens=MAX_NEW_TOKENS,
         )
     )
     assert engine.info.device.startswith("cuda")
@@ -262,3 +362,27 @@ def test_engine_bf16_on_cuda(trained_model_dir: Path) -> None:
     assert correct >= len(cases) - 1, [o.text for o in outcomes]
     engine.warmup()
     engine.close()
+
+
+def test_device_oom_is_raised_for_the_service_to_split(
+    demo_engine: FlorenceEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.backend import DeviceOutOfMemoryError
+
+    def out_of_memory(images: object) -> list[ItemOutcome]:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(demo_engine, "_generate", out_of_memory)
+    batch = [demo_engine.preprocess(image) for image in photos(2)]
+    with pytest.raises(DeviceOutOfMemoryError, match="batch of 2"):
+        demo_engine.run_batch(batch)
+
+
+def test_sticky_cuda_errors_are_recognised() -> None:
+    from service.engine import is_sticky_cuda_error
+
+    assert is_sticky_cuda_error(
+        RuntimeError("CUDA error: an illegal memory access was encountered")
+    )
+    assert is_sticky_cuda_error(RuntimeError("CUDA error: device-side assert triggered"))
+    assert not is_sticky_cuda_error(RuntimeError("shape mismatch in matmul"))

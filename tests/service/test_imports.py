@@ -17,6 +17,11 @@ LIGHT_MODULES = (
     "service.batching",
     "service.extraction",
     "service.lifecycle",
+    "service.client",
+    "service.catalogue",
+    "service.cache",
+    "service.logs",
+    "service.observability",
 )
 
 _PROBE = """

@@ -50,6 +50,10 @@ def server(trained_model_dir: Path) -> Iterator[Server]:
         "FF_MAX_BATCH_SIZE": "8",
         "FF_MAX_WAIT_MS": "5",
         "FF_LOG_LEVEL": "warning",
+        # The image host in these tests is a local server; loopback is blocked otherwise.
+        "FF_URL_ALLOW_LOOPBACK_FOR_TESTS": "true",
+        # test_metrics_move_with_traffic counts one image sent 3 times as engine work.
+        "FF_CACHE_ENABLED": "false",
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve"],

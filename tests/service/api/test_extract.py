@@ -38,7 +38,7 @@ async def test_extract_real_photo(real_photo: bytes) -> None:
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/json"
     body = response.json()
-    assert set(body) == {"request_id", "model", "attributes", "timing_ms"}
+    assert set(body) == {"request_id", "model", "attributes", "confidence", "timing_ms"}
     assert body["request_id"] == response.headers["x-request-id"]
     assert body["model"] == {"name": "fake", "revision": "0"}
     attributes = body["attributes"]
@@ -113,7 +113,7 @@ async def test_bad_item_fails_alone_in_a_batch() -> None:
         response = await s.client.post("/v1/extract/batch", files=image_files(RED, BAD, BLUE))
     assert response.status_code == 200, response.text
     first, middle, last = response.json()["results"]
-    assert first == {"attributes": first["attributes"]}
+    assert first == {"attributes": first["attributes"], "confidence": None}  # fake: no scores
     assert first["attributes"]["primary_color"] == "red"
     assert set(middle) == {"error"}
     assert middle["error"]["code"] == "invalid_model_output"
@@ -250,7 +250,7 @@ async def test_bad_json_is_400(path: str, body: bytes) -> None:
     [
         (b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + b"garbage" * 64, 422, "invalid_image"),
         (RED[: len(RED) // 3], 422, "invalid_image"),
-        (b"this is plain text, not an image" * 4, 415, "unsupported_media_type"),
+        (b"this is plain text, not an image" * 4, 415, "unsupported_image_format"),
         (b"", 422, "invalid_image"),
     ],
     ids=["corrupt-jpeg", "truncated-jpeg", "not-an-image", "empty"],
@@ -291,6 +291,10 @@ async def test_queue_full_is_503_with_retry_after_and_nothing_is_lost() -> None:
 # --- URLs, fetched from a real HTTP server on the loopback --------------------------------
 
 
+# The image host is a local server: the fetcher blocks loopback unless told (tests only).
+LOOPBACK_OK = make_settings(url_allow_loopback_for_tests=True)
+
+
 @pytest.fixture
 def image_server(real_photo: bytes) -> Iterator[str]:
     """``{base}/photo.jpg`` serves the real photo; every other path is a 404."""
@@ -299,7 +303,7 @@ def image_server(real_photo: bytes) -> Iterator[str]:
 
 
 async def test_extract_from_url(image_server: str) -> None:
-    async with serve() as s:
+    async with serve(LOOPBACK_OK) as s:
         response = await s.client.post("/v1/extract", json={"url": f"{image_server}/photo.jpg"})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -309,7 +313,7 @@ async def test_extract_from_url(image_server: str) -> None:
 
 
 async def test_extract_from_missing_url_is_502(image_server: str) -> None:
-    async with serve() as s:
+    async with serve(LOOPBACK_OK) as s:
         response = await s.client.post("/v1/extract", json={"url": f"{image_server}/gone.jpg"})
     body = assert_problem(response, 502, "url_fetch_failed")
     assert "404" in body["detail"]
@@ -323,7 +327,7 @@ async def test_extract_from_disallowed_url_is_400() -> None:
 
 async def test_url_batch_gives_per_item_results_in_order(image_server: str) -> None:
     urls = [f"{image_server}/photo.jpg", f"{image_server}/missing.jpg", f"{image_server}/photo.jpg"]
-    async with serve() as s:
+    async with serve(LOOPBACK_OK) as s:
         response = await s.client.post("/v1/extract/batch", json={"urls": urls})
     assert response.status_code == 200, response.text
     first, second, third = response.json()["results"]

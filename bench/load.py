@@ -1,0 +1,174 @@
+"""A bounded load generator over loopback, with full accounting.
+
+    python -m bench.load --server http://127.0.0.1:8000 [--mode closed|open]
+        [--concurrency 32] [--rate 200] [--requests 1000] [--time-limit-s 60]
+
+closed: N clients each send one request after another; open: requests start at a constant
+rate whatever the answers (this is how overload looks). Prints throughput, latency
+percentiles and the accounting: sent = answered, broken down by status and error code.
+Every run is bounded by --requests and --time-limit-s and targets the given server only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import random
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import httpx
+
+from model_store.synthetic import COLOR_CLASSES, block_garment
+
+
+@dataclass
+class Tally:
+    sent: int = 0
+    latencies_ok: list[float] = field(default_factory=list)
+    latencies_refused: list[float] = field(default_factory=list)
+    by_status: Counter[int] = field(default_factory=Counter)
+    by_code: Counter[str] = field(default_factory=Counter)
+    transport_errors: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def answered(self) -> int:
+        return sum(self.by_status.values())
+
+    def record(self, response: httpx.Response, seconds: float) -> None:
+        self.by_status[response.status_code] += 1
+        if response.status_code == 200:
+            self.latencies_ok.append(seconds)
+            return
+        self.latencies_refused.append(seconds)
+        try:
+            self.by_code[str(response.json().get("code"))] += 1
+        except ValueError:
+            self.by_code["<not json>"] += 1
+
+
+def payloads(count: int) -> list[bytes]:
+    rng = random.Random(7)
+    colors = list(COLOR_CLASSES)
+    out = []
+    for index in range(count):
+        buffer = io.BytesIO()
+        block_garment(colors[index % len(colors)], rng, size=256).save(buffer, "JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+async def _send(client: httpx.AsyncClient, image: bytes, tally: Tally) -> None:
+    tally.sent += 1
+    started = time.perf_counter()
+    try:
+        response = await client.post("/v1/extract", files={"image": ("g.jpg", image, "image/jpeg")})
+    except httpx.TransportError:
+        tally.transport_errors += 1
+        return
+    tally.record(response, time.perf_counter() - started)
+
+
+async def closed_loop(
+    client: httpx.AsyncClient, images: list[bytes], concurrency: int, requests: int, limit_s: float
+) -> Tally:
+    tally = Tally()
+    deadline = time.perf_counter() + limit_s
+
+    async def worker() -> None:
+        while tally.sent < requests and time.perf_counter() < deadline:
+            await _send(client, images[tally.sent % len(images)], tally)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    tally.wall_s = time.perf_counter() - started
+    return tally
+
+
+async def open_loop(
+    client: httpx.AsyncClient, images: list[bytes], rate: float, requests: int, limit_s: float
+) -> Tally:
+    tally = Tally()
+    started = time.perf_counter()
+    tasks: list[asyncio.Task[None]] = []
+    for index in range(requests):
+        due = started + index / rate
+        if due - started > limit_s:
+            break
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        tasks.append(asyncio.create_task(_send(client, images[index % len(images)], tally)))
+    await asyncio.gather(*tasks)
+    tally.wall_s = time.perf_counter() - started
+    return tally
+
+
+def percentile_ms(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0] * 1000
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1] * 1000
+
+
+def summary(tally: Tally) -> dict[str, object]:
+    return {
+        "sent": tally.sent,
+        "answered": tally.answered,
+        "transport_errors": tally.transport_errors,
+        "ok": tally.by_status.get(200, 0),
+        "by_status": dict(sorted(tally.by_status.items())),
+        "by_code": dict(sorted(tally.by_code.items())),
+        "server_errors_5xx_unexpected": sum(
+            n for s, n in tally.by_status.items() if s >= 500 and s not in (502, 503, 504)
+        ),
+        "throughput_ok_per_s": tally.by_status.get(200, 0) / tally.wall_s if tally.wall_s else 0.0,
+        "p50_ms": percentile_ms(tally.latencies_ok, 0.50),
+        "p90_ms": percentile_ms(tally.latencies_ok, 0.90),
+        "p99_ms": percentile_ms(tally.latencies_ok, 0.99),
+        "refusal_p50_ms": percentile_ms(tally.latencies_refused, 0.50),
+        "refusal_p99_ms": percentile_ms(tally.latencies_refused, 0.99),
+        "wall_s": tally.wall_s,
+    }
+
+
+async def run(
+    server: str, mode: str, concurrency: int, rate: float, requests: int, limit_s: float
+) -> dict[str, object]:
+    images = payloads(64)
+    limits = httpx.Limits(
+        max_connections=max(concurrency, 64), max_keepalive_connections=max(concurrency, 64)
+    )
+    async with httpx.AsyncClient(base_url=server, timeout=60, limits=limits) as client:
+        if mode == "closed":
+            tally = await closed_loop(client, images, concurrency, requests, limit_s)
+        else:
+            tally = await open_loop(client, images, rate, requests, limit_s)
+    return summary(tally)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--server", default="http://127.0.0.1:8000")
+    parser.add_argument("--mode", choices=["closed", "open"], default="closed")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=200.0, help="requests/s in open mode")
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--time-limit-s", type=float, default=60.0)
+    args = parser.parse_args()
+    result = asyncio.run(
+        run(args.server, args.mode, args.concurrency, args.rate, args.requests, args.time_limit_s)
+    )
+    print(json.dumps(result, indent=2))
+    accounted = result["sent"] == result["answered"]  # transport errors are not answers
+    return 0 if accounted else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The data pipeline: iMaterialist sources, collapse rules, splits and JSONL datasets."""

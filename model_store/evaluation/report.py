@@ -1,0 +1,85 @@
+"""Write an evaluation: ``report.json``, ``report.md`` and confusion-matrix PNGs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Final
+
+HEADLINE: Final = (
+    ("valid_json_rate", "valid JSON rate"),
+    ("category_accuracy", "category accuracy"),
+    ("primary_color_accuracy", "primary-colour accuracy"),
+    ("material_accuracy", "material accuracy"),
+    ("style_f1", "style F1"),
+    ("occasion_f1", "occasion F1"),
+)
+
+
+def confusion_png(confusion: dict[str, Any], title: str, path: Path) -> None:
+    """A row-normalised heat map with counts; rows are the truth."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    matrix = np.asarray(confusion["matrix"], dtype=float)
+    rows, columns = confusion["true_labels"], confusion["predicted_labels"]
+    share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    figure, axes = plt.subplots(figsize=(1.0 + 0.55 * len(columns), 1.0 + 0.5 * len(rows)))
+    axes.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    axes.set_xticks(range(len(columns)), columns, rotation=60, ha="right")
+    axes.set_yticks(range(len(rows)), rows)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    for (row, column), count in np.ndenumerate(matrix):
+        if count:
+            colour = "white" if share[row, column] > 0.5 else "black"
+            axes.text(column, row, str(int(count)), ha="center", va="center", fontsize=7, color=colour)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Evaluation: {report.get('system', 'predictions')}", ""]
+    lines.append(f"Test set: `{report.get('test', '?')}`, {report['n']} items.")
+    lines += ["", "| metric | all items | valid outputs only |", "|---|---|---|"]
+    valid = report["valid_only"]
+    lines.append(f"| n | {report['n']} | {valid['n']} |")
+    for key, label in HEADLINE:
+        other = "1.000" if key == "valid_json_rate" else f"{valid[key]:.3f}"
+        lines.append(f"| {label} | {report[key]:.3f} | {other} |")
+    lines += [
+        "",
+        f"Schema-valid rate: {report['schema_valid_rate']:.3f}. Missing predictions: "
+        f"{report['missing_predictions']}; predictions for ids not in the test set: "
+        f"{report['unexpected_predictions']}.",
+        "",
+        "An invalid or missing output counts as wrong on every field (F1 0) under *all "
+        "items*; *valid outputs only* is the paper's denominator.",
+    ]
+    for field, table in report["per_class"].items():
+        lines += ["", f"## {field}", "", "| class | precision | recall | support |", "|---|---|---|---|"]
+        for label, row in table.items():
+            if row["support"] or row["predicted"]:
+                lines.append(
+                    f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['support']} |"
+                )
+        if field in report["confusion"]:
+            lines += ["", f"![{field} confusion](confusion_{field}.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "report.json", out_dir / "report.md"]
+    written[0].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    written[1].write_text(markdown(report), encoding="utf-8")
+    for field, confusion in report["confusion"].items():
+        path = out_dir / f"confusion_{field}.png"
+        confusion_png(confusion, f"{field} ({report.get('system', '')})", path)
+        written.append(path)
+    return written
