@@ -1,13 +1,16 @@
 """Build native Florence-2 models from scratch: the tiny demo model and shape presets.
 
 ``demo`` is a few hundred thousand parameters at 128 px: it builds offline in about a
-second, byte-identically every time, and is what ``make run`` serves and the tests load.
+second, byte-identically every time, and is what the tests load. ``make run`` serves the
+same architecture trained on synthetic garments by the model pipeline
+(``model_store.demo``), which :func:`ensure_demo_model` builds once and caches.
 ``florence-2-base`` / ``florence-2-large`` have the real dimensions with random weights,
 for GPU benchmarks only (never built in tests).
 """
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -116,7 +119,13 @@ def build_processor(tokenizer: RobertaTokenizer, preset: ShapePreset) -> Florenc
     )
 
 
-def build_config(preset: ShapePreset, vocab_size: int, image_token_id: int) -> Florence2Config:
+def build_config(
+    preset: ShapePreset,
+    vocab_size: int,
+    image_token_id: int,
+    *,
+    text_init_std: float | None = None,
+) -> Florence2Config:
     vision = Florence2VisionConfig(
         depths=list(preset.depths),
         embed_dim=list(preset.embed_dim),
@@ -142,6 +151,10 @@ def build_config(preset: ShapePreset, vocab_size: int, image_token_id: int) -> F
         decoder_start_token_id=2,
         forced_eos_token_id=None,
     )
+    if text_init_std is not None:
+        # BART's 0.02 suits d_model=1024; a 64-wide model trained from scratch learns much
+        # faster from ~1/sqrt(d_model) (its tied embeddings otherwise cap the logits).
+        text.init_std = text_init_std
     return Florence2Config(vision_config=vision, text_config=text, image_token_id=image_token_id)
 
 
@@ -156,13 +169,20 @@ def _preset_tokenizer(preset: ShapePreset, prompt: str) -> RobertaTokenizer:
 
 
 def build_model(
-    preset_name: str, out_dir: Path, *, seed: int = 0, prompt: str = DEFAULT_PROMPT
+    preset_name: str,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    prompt: str = DEFAULT_PROMPT,
+    text_init_std: float | None = None,
 ) -> ModelManifest:
     """Write a random-weight native Florence-2 with tokenizer, processor and manifest."""
     preset = PRESETS[preset_name]
     tokenizer = _preset_tokenizer(preset, prompt)
     processor = build_processor(tokenizer, preset)
-    config = build_config(preset, len(tokenizer), tokenizer.image_token_id)
+    config = build_config(
+        preset, len(tokenizer), tokenizer.image_token_id, text_init_std=text_init_std
+    )
     torch.manual_seed(seed)
     model = Florence2ForConditionalGeneration(config)
     model.train(False)  # = .eval(), which transformers leaves unannotated
@@ -180,7 +200,8 @@ def build_model(
         manifest = new_manifest(
             staging,
             name=f"fashion-florence-{preset.name}",
-            base_model=f"random:{preset.name}:seed={seed}",
+            base_model=f"random:{preset.name}:seed={seed}"
+            + (f":init_std={text_init_std}" if text_init_std is not None else ""),
             adapter=None,
             prompt=prompt,
             image_size=preset.image_size,
@@ -197,12 +218,35 @@ def build_model(
     return manifest
 
 
-def ensure_demo_model(directory: Path) -> Path:
-    """Return a verified demo model at ``directory``, building it on first use."""
+def ensure_demo_model(directory: Path, *, trained: bool = True) -> Path:
+    """Return a verified demo model at ``directory``, building it on first use.
+
+    ``trained`` (what ``make run`` serves): the tiny Florence-2 trained on synthetic
+    garments by the model pipeline (``model_store.demo``): a few CPU minutes once, then
+    cached. Otherwise the random-weight build (about a second; plumbing only). A cache
+    that is corrupt, or was built by another recipe, is rebuilt.
+    """
+    from model_store.demo import DemoRecipe, build_trained_demo
     from model_store.manifest import ManifestError, verify_directory
 
-    try:
-        verify_directory(directory)
-    except ManifestError:
-        build_model("demo", directory)
+    expected = DemoRecipe().tag if trained else None
+
+    def usable() -> bool:
+        try:
+            return verify_directory(directory).adapter == expected
+        except ManifestError:
+            return False
+
+    if usable():
+        return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # One builder at a time (several workers may start together); the others wait and
+    # then find the finished model instead of training it again.
+    with (directory.parent / f".{directory.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not usable():
+            if trained:
+                build_trained_demo(directory)
+            else:
+                build_model("demo", directory)
     return directory

@@ -59,6 +59,7 @@ class DemoRecipe:
 
     images: int = 3000
     seed: int = 0
+    text_init_std: float = 0.125
     categories: tuple[Category, ...] | None = None
     colors: tuple[Color, ...] | None = None
     vision_steps: int = 600
@@ -66,8 +67,8 @@ class DemoRecipe:
     vision_batch: int = 32
     pretrain: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            preset="full", learning_rate=1e-3, epochs=3, batch_size=16, grad_accum=1,
-            warmup_ratio=0.05, weight_decay=0.01, val_generate=0, device="cpu",
+            preset="full", learning_rate=1e-3, max_steps=2500, eval_every=250, batch_size=16,
+            grad_accum=1, val_generate=0, device="cpu",
         )
     )  # fmt: skip
     finetune: TrainConfig = field(
@@ -89,8 +90,8 @@ def _attribute_heads(width: int, tokens: int) -> torch.nn.ModuleDict:
     sizes = {"category": len(CATEGORIES), "color": len(COLORS), "material": len(MATERIALS) + 1}
     heads: dict[str, torch.nn.Module] = {}
     for name, size in sizes.items():
-        heads[f"{name}.flat"] = torch.nn.Linear(width * tokens, size)
-        heads[f"{name}.mean"] = torch.nn.Linear(width, size)
+        heads[f"{name}_flat"] = torch.nn.Linear(width * tokens, size)
+        heads[f"{name}_mean"] = torch.nn.Linear(width, size)
     return torch.nn.ModuleDict(heads)
 
 
@@ -120,7 +121,7 @@ def warm_up_vision(
         ]
     )
     tower = [model.model.vision_tower, model.model.multi_modal_projector]
-    width = model.config.text_config.d_model
+    width = model.model.multi_modal_projector.image_projection.out_features
     tokens = processor.image_processor.image_seq_length
     heads = _attribute_heads(width, tokens)
     params = [p for module in tower for p in module.parameters()] + list(heads.parameters())
@@ -140,10 +141,10 @@ def warm_up_vision(
         loss = torch.zeros(())
         for index, name in enumerate(("category", "color", "material")):
             target = labels[batch, index]
-            loss = loss + torch.nn.functional.cross_entropy(heads[f"{name}.flat"](features.flatten(1)), target)  # fmt: skip
-            loss = loss + torch.nn.functional.cross_entropy(heads[f"{name}.mean"](features.mean(1)), target)  # fmt: skip
+            loss = loss + torch.nn.functional.cross_entropy(heads[f"{name}_flat"](features.flatten(1)), target)  # fmt: skip
+            loss = loss + torch.nn.functional.cross_entropy(heads[f"{name}_mean"](features.mean(1)), target)  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)
         optimizer.step()
     model.train(False)
     return float(loss.detach())
@@ -174,7 +175,7 @@ def build_trained_demo(
     seconds: dict[str, float] = {}
     try:
         clock = time.perf_counter()
-        build_model("demo", scratch / "random", seed=recipe.seed)
+        build_model("demo", scratch / "random", seed=recipe.seed, text_init_std=recipe.text_init_std)  # fmt: skip
         table = write_synthetic_source(
             scratch / "source",
             n=recipe.images,

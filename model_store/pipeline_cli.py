@@ -160,13 +160,20 @@ def _train(args: argparse.Namespace) -> int:
     )
     try:
         manifest = train(
-            args.data, args.base, args.out, config, resume=args.resume, progress=not args.no_progress
+            args.data,
+            args.base,
+            args.out,
+            config,
+            resume=args.resume,
+            progress=not args.no_progress,
         )
     except (DataError, TrainingError, ModelLoadError) as exc:
         print(f"FAILED: {exc}")
         return 1
     assert manifest is not None  # only stop_after_steps (not a CLI option) stops early
-    _print({"out": str(args.out), "metrics": manifest.metrics, "seconds": manifest.training_seconds})
+    _print(
+        {"out": str(args.out), "metrics": manifest.metrics, "seconds": manifest.training_seconds}
+    )
     return 0
 
 

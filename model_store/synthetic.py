@@ -167,9 +167,7 @@ def _mask(spec: GarmentSpec, rng: random.Random, size: int) -> Image.Image:
     placed = []
     for x, y in points:
         dx, dy = (x - 50) * scale, (y - 50) * scale
-        placed.append(
-            (left + span / 2 + dx * cos - dy * sin, top + span / 2 + dx * sin + dy * cos)
-        )
+        placed.append((left + span / 2 + dx * cos - dy * sin, top + span / 2 + dx * sin + dy * cos))
     mask = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(mask)
     draw.polygon(placed, fill=255)
@@ -203,7 +201,7 @@ def _texture(material: str, size: int, rng: random.Random) -> FloatImage:
             ).resize((size, size), Image.Resampling.BILINEAR),
             dtype=np.float32,
         )
-        pattern = 1 + 0.18 * (noise / 255 - 0.5)
+        pattern = (1 + 0.18 * (noise / 255 - 0.5)).astype(np.float32)
     elif material == "Leather":  # one glossy highlight
         cx, cy = rng.uniform(0.3, 0.7) * size, rng.uniform(0.2, 0.5) * size
         spot = np.exp(-(((x - cx) ** 2) + ((y - cy) ** 2)) / (2 * (0.12 * size) ** 2))

@@ -261,7 +261,9 @@ class FlorenceEngine:
 
 def load_engine(settings: Settings) -> FlorenceEngine:
     """Resolve the configured model (or the demo model), load it and wrap it."""
-    source = settings.model_path or str(ensure_demo_model(settings.demo_model_dir))
+    source = settings.model_path or str(
+        ensure_demo_model(settings.demo_model_dir, trained=settings.demo_model == "trained")
+    )
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     loaded = load_model(

@@ -33,6 +33,14 @@ class Settings(BaseSettings):
         default=Path.home() / ".cache" / "fashion-florence" / "demo-model",
         description="Where the demo model is built (once) when no model_path is set.",
     )
+    # --- model pipeline (issue 6): which demo model FF_DEMO_MODEL_DIR holds ---------------
+    demo_model: Literal["trained", "random"] = Field(
+        default="trained",
+        description="trained = the tiny Florence-2 trained on synthetic garments by the model "
+        "pipeline (reads colours; a few CPU minutes on the first start, then cached); "
+        "random = random weights (about a second; for plumbing checks only).",
+    )
+    # --- end model pipeline ---------------------------------------------------------------
     device: DeviceName = "auto"
     dtype: DtypeName = Field(
         default="auto",

@@ -153,7 +153,8 @@ def build_dataset(
         "kept": {**kept, "total": sum(kept.values())},
         "dropped": {**dict(sorted(dropped.items())), "total": sum(dropped.values())},
         "dropped_by_label": {
-            reason: dict(counter.most_common()) for reason, counter in sorted(dropped_labels.items())
+            reason: dict(counter.most_common())
+            for reason, counter in sorted(dropped_labels.items())
         },
         "warnings": dict(sorted(warnings.items())),
         "kept_per_class": {name: _class_counts(splits[name]) for name in SPLITS},

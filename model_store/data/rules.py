@@ -31,7 +31,16 @@ from model_store.schema import (
 )
 
 RULES_FILE: Final = "collapse_rules.json"
-GROUPS: Final = ("category", "color", "material", "style", "pattern", "neckline", "sleeve", "gender")
+GROUPS: Final = (
+    "category",
+    "color",
+    "material",
+    "style",
+    "pattern",
+    "neckline",
+    "sleeve",
+    "gender",
+)
 
 DropReason = Literal[
     "no_category", "unknown_category", "excluded_category", "conflicting_categories"

@@ -27,7 +27,7 @@ def sha256_path(path: Path) -> str:
 
 def assign_split(group: str, *, val_ratio: float, test_ratio: float, seed: int = 0) -> str:
     """``train`` / ``val`` / ``test`` from a uniform draw keyed on ``(seed, group)``."""
-    if not (0 <= val_ratio and 0 <= test_ratio and val_ratio + test_ratio < 1):
+    if not (val_ratio >= 0 and test_ratio >= 0 and val_ratio + test_ratio < 1):
         raise DataError(f"bad split ratios val={val_ratio} test={test_ratio}")
     digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
     draw = int.from_bytes(digest[:8], "big") / 2**64

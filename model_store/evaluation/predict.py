@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
 from peft import PeftModel
+from PIL import Image
 from transformers import Florence2ForConditionalGeneration, Florence2Processor
 
 from model_store.data.dataset import DataError, Record

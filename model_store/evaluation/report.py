@@ -37,7 +37,9 @@ def confusion_png(confusion: dict[str, Any], title: str, path: Path) -> None:
     for (row, column), count in np.ndenumerate(matrix):
         if count:
             colour = "white" if share[row, column] > 0.5 else "black"
-            axes.text(column, row, str(int(count)), ha="center", va="center", fontsize=7, color=colour)
+            axes.text(
+                column, row, str(int(count)), ha="center", va="center", fontsize=7, color=colour
+            )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -62,7 +64,13 @@ def markdown(report: dict[str, Any]) -> str:
         "items*; *valid outputs only* is the paper's denominator.",
     ]
     for field, table in report["per_class"].items():
-        lines += ["", f"## {field}", "", "| class | precision | recall | support |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {field}",
+            "",
+            "| class | precision | recall | support |",
+            "|---|---|---|---|",
+        ]
         for label, row in table.items():
             if row["support"] or row["predicted"]:
                 lines.append(

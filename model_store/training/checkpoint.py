@@ -59,7 +59,9 @@ def save_checkpoint(
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     save_file(tensors, str(staging / TENSORS_FILE))
-    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer_state["param_groups"]]
+    groups = [
+        {k: v for k, v in g.items() if k != "params"} for g in optimizer_state["param_groups"]
+    ]
     payload = {"trainer": asdict(state), "param_groups": groups}
     (staging / STATE_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     shutil.rmtree(directory, ignore_errors=True)

@@ -278,7 +278,8 @@ def test_table_shape_csv(tmp_path: Path) -> None:
     assert records["d"].target.style_tags == ["edgy", "casual"]
     assert {records["i#0"].item_id, records["i#1"].item_id} == {"i"}
     splits = {
-        split: [r.id for r in read_split(tmp_path / "out", split)] for split in ("train", "val", "test")
+        split: [r.id for r in read_split(tmp_path / "out", split)]
+        for split in ("train", "val", "test")
     }
     assert sum("i#0" in ids and "i#1" in ids for ids in splits.values()) == 1  # one split
 

@@ -141,7 +141,8 @@ def test_cli_scores_external_predictions(
     assert printed["category_accuracy"] == 0.75
     saved = json.loads((out / "report.json").read_text(encoding="utf-8"))
     for key in ("n", "valid_json_rate", "category_accuracy", "primary_color_accuracy"):
-        assert key in saved and key in saved["valid_only"]
+        assert key in saved
+        assert key in saved["valid_only"]
     assert saved["valid_only"]["n"] == 3
     markdown = (out / "report.md").read_text(encoding="utf-8")
     assert "| category accuracy | 0.750 | 1.000 |" in markdown

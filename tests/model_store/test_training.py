@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -21,8 +22,8 @@ from model_store.loading import load_model
 from model_store.manifest import TRAINING_MANIFEST_NAME, read_training_manifest, verify_directory
 from model_store.merge import ADAPTER_WEIGHTS
 from model_store.train import TrainingExample, encode_batch
-from model_store.training.config import TrainConfig
 from model_store.training.batches import learning_rate_at, micro_batches
+from model_store.training.config import TrainConfig
 from model_store.training.loop import CHECKPOINT_DIR, TrainingError, train
 from service.cli import main as cli_main
 
@@ -85,7 +86,7 @@ def test_schedule_warms_up_then_decays_to_zero() -> None:
     assert rates[9] == pytest.approx(1.0)
     assert max(rates) == pytest.approx(1.0)
     assert rates[-1] == pytest.approx(1 / 90)
-    assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(rates[9:]))
 
 
 def test_data_order_depends_only_on_seed_and_position() -> None:
@@ -137,8 +138,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(
     assert train(small_data, str(demo_model_dir), out, SHORT, progress=False, stop_after_steps=3) is None  # fmt: skip
     assert (out / CHECKPOINT_DIR).is_dir()
     assert not (out / TRAINING_MANIFEST_NAME).exists()
+    other = SHORT.model_copy(update={"learning_rate": 1e-3})
     with pytest.raises(TrainingError, match="another run"):
-        other = SHORT.model_copy(update={"learning_rate": 1e-3})
         train(small_data, str(demo_model_dir), out, other, resume=True, progress=False)
     manifest = train(small_data, str(demo_model_dir), out, SHORT, resume=True, progress=False)
     assert manifest is not None

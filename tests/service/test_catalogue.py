@@ -32,7 +32,8 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 
 def photos() -> list[Path]:
-    found = sorted(p for p in FOLDER.iterdir() if p.suffix.lower() == ".jpg")
+    # Resolved, as the catalogue records them (shared data may be reached through a link).
+    found = sorted(p.resolve() for p in FOLDER.iterdir() if p.suffix.lower() == ".jpg")
     assert len(found) >= 10, f"expected the real photos under {FOLDER}"
     return found
 

@@ -284,6 +284,7 @@ def test_demo_model_is_built_once_and_reused(tmp_path: Path) -> None:
     settings = Settings(
         model_path=None,
         demo_model_dir=directory,
+        demo_model="random",  # the cache logic; the trained recipe: tests/model_store/test_demo.py
         device="cpu",
         max_new_tokens=8,
         constrained_decoding=False,
@@ -306,6 +307,7 @@ def test_corrupt_demo_model_is_rebuilt(tmp_path: Path) -> None:
     settings = Settings(
         model_path=None,
         demo_model_dir=directory,
+        demo_model="random",  # the cache logic; the trained recipe: tests/model_store/test_demo.py
         device="cpu",
         max_new_tokens=8,
         constrained_decoding=False,
