@@ -63,6 +63,7 @@ class DemoRecipe:
     text_init_std: float = 0.125
     categories: tuple[Category, ...] | None = None
     colors: tuple[Color, ...] | None = None
+    textured: bool = True
     vision_steps: int = 600
     vision_lr: float = 3e-3
     vision_batch: int = 32
@@ -187,6 +188,7 @@ def build_trained_demo(
             seed=recipe.seed,
             categories=recipe.categories,
             colors=recipe.colors,
+            textured=recipe.textured,
         )
         data = scratch / "data"
         report = build_dataset(

@@ -98,6 +98,12 @@ CATEGORY_MATERIALS: Final[dict[Category, tuple[str, ...]]] = {
     "accessory": ("Canvas", "Knit", "Wool"),
 }
 
+#: Untextured materials, for sets where only shape and colour should vary.
+PLAIN_MATERIALS: Final[dict[Category, tuple[str, ...]]] = {
+    "top": ("Cotton",), "bottom": ("Cotton",), "dress": ("Cotton",),
+    "layer": ("Cotton",), "shoes": ("Canvas",), "accessory": ("Canvas",),
+}  # fmt: skip
+
 _POLYGONS: Final[dict[Category, list[tuple[int, int]]]] = {
     # On a 100 x 100 canvas, garment centred; the renderer scales and places it.
     "top": [(40, 12), (60, 12), (80, 18), (94, 40), (82, 47), (71, 36), (71, 92), (29, 92),
@@ -140,10 +146,13 @@ def sample_spec(
     *,
     categories: tuple[Category, ...] | None = None,
     colors: tuple[Color, ...] | None = None,
+    textured: bool = True,
 ) -> GarmentSpec:
+    """A random garment; ``textured=False`` draws everything plain (cotton or canvas)."""
     category = rng.choice(categories or tuple(CATEGORY_LABELS))
     color = rng.choice(colors or DRAWABLE_COLORS)
-    material = rng.choice(CATEGORY_MATERIALS[category])
+    materials = CATEGORY_MATERIALS[category] if textured else PLAIN_MATERIALS[category]
+    material = rng.choice(materials)
     stripes: tuple[str, ...] = ()
     if color == "multi":
         names = [name for name, _ in SOLID_COLORS.values()]

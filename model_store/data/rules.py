@@ -31,16 +31,6 @@ from model_store.schema import (
 )
 
 RULES_FILE: Final = "collapse_rules.json"
-GROUPS: Final = (
-    "category",
-    "color",
-    "material",
-    "style",
-    "pattern",
-    "neckline",
-    "sleeve",
-    "gender",
-)
 
 DropReason = Literal[
     "no_category", "unknown_category", "excluded_category", "conflicting_categories"

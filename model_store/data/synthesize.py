@@ -55,6 +55,7 @@ def write_synthetic_source(
     size: int = 128,
     categories: tuple[Category, ...] | None = None,
     colors: tuple[Color, ...] | None = None,
+    textured: bool = True,
     faulty_rows: bool = True,
 ) -> Path:
     """Render ``n`` rows into ``out_dir/images`` and write ``out_dir/table.csv``."""
@@ -65,7 +66,7 @@ def write_synthetic_source(
     previous: dict[str, str] | None = None
     for index in range(n):
         item_id = f"syn{seed}-{index:06d}"
-        spec = sample_spec(rng, categories=categories, colors=colors)
+        spec = sample_spec(rng, categories=categories, colors=colors, textured=textured)
         labels = spec_labels(spec)
         name = f"{item_id}.png"
         if faulty_rows and index % DUPLICATE_EVERY == DUPLICATE_EVERY - 1 and previous:

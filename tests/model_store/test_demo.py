@@ -21,14 +21,18 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning"),
 ]
 
-#: One silhouette, six well-separated colours: the whole recipe in well under a minute.
+#: One plain silhouette, six well-separated colours: the whole recipe in about a minute.
+#: Seeds 0, 1 and 2 all reached 0.98-1.0 with these settings; 300 steps instead of 400 did
+#: not (0.28 for seed 1): a random model starts reading the image late, then quickly.
 SMALL = DemoRecipe(
     images=600,
     categories=("top",),
     colors=("black", "white", "red", "blue", "green", "yellow"),
+    textured=False,
     vision_steps=300,
+    vision_batch=16,
     pretrain=TrainConfig(
-        preset="full", learning_rate=1e-3, max_steps=400, eval_every=200, batch_size=16,
+        preset="full", learning_rate=1e-3, max_steps=400, eval_every=400, batch_size=16,
         grad_accum=1, val_generate=0, device="cpu",
     ),
     finetune=TrainConfig(

@@ -181,3 +181,44 @@ def test_cli_train_reports_failures(
     assert code == 1
     assert capsys.readouterr().out.startswith("FAILED:")
     shutil.rmtree(tmp_path / "x", ignore_errors=True)
+
+
+def test_cli_pipeline_end_to_end(
+    tmp_path: Path, demo_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stable command lines: synth -> data build -> train -> model merge -> eval."""
+    source, data = tmp_path / "source", tmp_path / "data"
+    adapter, merged, report_dir = tmp_path / "adapter", tmp_path / "merged", tmp_path / "eval"
+    assert cli_main(["data", "synth", "--out", str(source), "--n", "40", "--seed", "2"]) == 0
+    capsys.readouterr()
+    build = ["data", "build", "--format", "table", "--table", str(source / "table.csv")]
+    build += ["--images", str(source / "images"), "--out", str(data)]
+    assert cli_main([*build, "--val-ratio", "0.2", "--test-ratio", "0.2"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built["rules_version"] == "imat-collapse-v2"
+    assert built["kept"]["total"] + built["dropped"]["total"] == 40
+    train_args = [
+        "train",
+        "--data",
+        str(data),
+        "--base",
+        str(demo_model_dir),
+        "--out",
+        str(adapter),
+    ]
+    train_args += ["--preset", "decoder", "--max-steps", "2", "--batch-size", "4"]
+    train_args += ["--grad-accum", "1", "--val-generate", "2", "--no-progress", "--device", "cpu"]
+    assert cli_main(train_args) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["steps"] == 2
+    assert cli_main(["model", "merge", str(demo_model_dir), str(adapter), str(merged)]) == 0
+    capsys.readouterr()
+    evaluate = ["eval", "--test", str(data / "test.jsonl"), "--model", str(merged)]
+    assert cli_main([*evaluate, "--out", str(report_dir), "--max-new-tokens", "40"]) == 0
+    report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+    test_items = len(read_split(data, "test"))
+    assert report["n"] == test_items
+    predictions = (report_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(predictions) == test_items
+    assert (report_dir / "confusion_category.png").is_file()
+    assert cli_main(["data", "build", "--format", "imat-json", *build[4:]]) == 1
+    assert "needs --annotations and --labels" in capsys.readouterr().out
