@@ -11,15 +11,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
-import numpy.typing as npt
 from PIL import Image
 
 from model_store.schema import FashionAttributes
 from service.decoding.confidence import AttributeConfidence
 
-#: One image resized and normalized for the model: float32, shape (3, H, W).
-PreparedImage = npt.NDArray[np.float32]
+#: One image as the backend's ``preprocess`` left it, opaque to the service: it is only
+#: handed back to the same backend's ``run_batch``. (The Florence engine uses a float32
+#: 3 x H x W array on CPU and a uint8 tensor already on the GPU under CUDA.)
+PreparedImage = Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,9 @@ class InferenceBackend(Protocol):
     def info(self) -> ModelInfo: ...
 
     def preprocess(self, image: Image.Image) -> PreparedImage:
-        """Resize and normalize one decoded image. Thread-safe; CPU only."""
+        """Prepare one decoded image for ``run_batch``. Thread-safe: it runs on the
+        preprocessing pool, concurrently with the batch in the engine (it may upload the
+        pixels to the device there, so the copy overlaps with compute)."""
         ...
 
     def run_batch(self, images: Sequence[PreparedImage]) -> list[ItemOutcome]:

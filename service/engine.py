@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import torch
@@ -31,7 +31,10 @@ from service.decoding.confidence import attribute_confidence
 from service.decoding.decoders import DecodingMode, build_decoder
 from service.decoding.grammar import SchemaGrammar
 from service.errors import ErrorCode
+from service.preprocessing import DeviceStager, PlainTransform, stack_on_device
 from service.settings import DtypeName, Settings
+
+__all__ = ["FlorenceEngine", "PlainTransform", "decoding_mode", "load_engine"]
 
 log = logging.getLogger(__name__)
 
@@ -77,51 +80,6 @@ def is_sticky_cuda_error(exc: BaseException) -> bool:
     return any(marker in message for marker in STICKY_CUDA_ERRORS)
 
 
-class PlainTransform:
-    """Florence-2's preprocessing (resize, rescale, normalize) in PIL + numpy.
-
-    Identical output to the transformers image processor (tests check it) at a quarter
-    less CPU per image, which matters because preprocessing shares the host's cores with
-    the HTTP loop. Used only when the processor's configuration is exactly this pipeline.
-    """
-
-    def __init__(
-        self, size: int, resample: int, scale: float, mean: Sequence[float], std: Sequence[float]
-    ) -> None:
-        self._size = size
-        self._resample = Image.Resampling(resample)
-        self._scale = np.float32(scale)
-        self._mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
-        self._std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
-
-    @classmethod
-    def from_processor(cls, processor: Any) -> PlainTransform | None:
-        size = getattr(processor, "size", None) or {}
-        plain = (
-            getattr(processor, "do_resize", False)
-            and not getattr(processor, "do_center_crop", False)
-            and getattr(processor, "do_rescale", False)
-            and getattr(processor, "do_normalize", False)
-            and size.get("height") is not None
-            and size.get("height") == size.get("width")
-        )
-        if not plain:
-            return None
-        return cls(
-            int(size["height"]),
-            int(processor.resample),
-            float(processor.rescale_factor),
-            processor.image_mean,
-            processor.image_std,
-        )
-
-    def __call__(self, image: Image.Image) -> PreparedImage:
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
-        resized = rgb.resize((self._size, self._size), self._resample)
-        pixels = np.asarray(resized, dtype=np.float32).transpose(2, 0, 1) * self._scale
-        return np.ascontiguousarray((pixels - self._mean) / self._std, dtype=np.float32)
-
-
 class FlorenceEngine:
     """Implements :class:`service.backend.InferenceBackend` on a real Florence-2."""
 
@@ -131,7 +89,11 @@ class FlorenceEngine:
         *,
         max_new_tokens: int,
         decoding: DecodingMode = DecodingMode.JUMP_FORWARD,
+        normalize_on_device: bool | None = None,
     ) -> None:
+        """``normalize_on_device`` (default: on CUDA) makes preprocessing ship uint8 pixels,
+        staged on the GPU by the pool threads, and normalizes each batch on the device; off,
+        the pool normalizes on the host. See :mod:`service.preprocessing`."""
         self._model = loaded.model
         self._processor = loaded.processor
         self._manifest = loaded.manifest
@@ -141,6 +103,15 @@ class FlorenceEngine:
         self._dtype = first.dtype
         self._image_size = int(self._processor.image_processor.size["height"])
         self._transform = PlainTransform.from_processor(self._processor.image_processor)
+        if normalize_on_device is None:
+            normalize_on_device = self._device.type == "cuda"
+        # Needs the plain transform: the batch normalization is its arithmetic.
+        self._uint8_pixels = normalize_on_device and self._transform is not None
+        self._stager = (
+            DeviceStager(self._device)
+            if self._uint8_pixels and self._device.type == "cuda"
+            else None
+        )
         # The prompt never changes, so tokenize it once (with the processor, which lays
         # out the <image> placeholders) and reuse the ids for every batch.
         blank = Image.new("RGB", (self._image_size, self._image_size))
@@ -179,6 +150,13 @@ class FlorenceEngine:
         )
 
     def preprocess(self, image: Image.Image) -> PreparedImage:
+        """Runs on the preprocessing pool, concurrently with the batch in the engine."""
+        if self._uint8_pixels:
+            assert self._transform is not None
+            pixels = self._transform.resize(image)
+            if self._stager is not None:
+                return self._stager.stage(pixels)
+            return torch.from_numpy(pixels)
         if self._transform is not None:
             return self._transform(image)
         pixels = self._processor.image_processor(images=[image], return_tensors="np")
@@ -220,7 +198,14 @@ class FlorenceEngine:
             torch.cuda.empty_cache()
         raise DeviceOutOfMemoryError(f"a batch of {len(images)} did not fit on {self._device}")
 
-    def _to_device(self, images: Sequence[PreparedImage]) -> torch.Tensor:
+    def pixel_values(self, images: Sequence[PreparedImage]) -> torch.Tensor:
+        """The model's ``pixel_values`` (B x 3 x H x W, model dtype, on the device)."""
+        if self._uint8_pixels:
+            assert self._transform is not None
+            batch = stack_on_device(
+                images, self._device, staged_on_side_stream=self._stager is not None
+            )
+            return self._transform.normalize_batch(batch, self._dtype)
         batch = torch.from_numpy(np.stack(images))
         if self._device.type == "cuda":
             # Pinned host memory lets the copy overlap with work already on the stream.
@@ -229,7 +214,7 @@ class FlorenceEngine:
 
     @torch.inference_mode()
     def _generate(self, images: Sequence[PreparedImage]) -> list[ItemOutcome]:
-        pixel_values = self._to_device(images)
+        pixel_values = self.pixel_values(images)
         input_ids = self._prompt_ids.unsqueeze(0).expand(len(images), -1)
         decoded = self._decoder.decode(input_ids, torch.ones_like(input_ids), pixel_values)
         return [self._outcome(d.tokens, d.logprobs) for d in decoded]

@@ -86,8 +86,13 @@ class Extractor:
         self.batcher: MicroBatcher[PreparedImage, TimedOutcome] = MicroBatcher(
             self._run_batch,
             max_batch_size=settings.max_batch_size,
-            max_wait_ms=settings.max_wait_ms,
-            queue_size=settings.queue_size,
+            # The batcher runs one batch at a time and forms the next only once the engine
+            # is free, so a zero wait is exactly "dispatch at once when idle".
+            max_wait_ms=settings.max_wait_ms if settings.batch_dispatch == "wait" else 0.0,
+            # Admission (below) is the real bound. The batcher's queue must hold everything
+            # admitted but not running: with idle dispatch the engine may be busy with a
+            # batch of one while the rest of the capacity waits.
+            queue_size=settings.queue_size + settings.max_batch_size,
             observer=metrics,
         )
         # Capacity = the queue plus one batch in the engine: what fits is admitted at once,

@@ -67,6 +67,12 @@ class Settings(BaseSettings):
 
     # Batching
     max_batch_size: int = Field(default=16, ge=1, le=1024)
+    batch_dispatch: Literal["idle", "wait"] = Field(
+        default="idle",
+        description="idle: the engine takes whatever is queued the moment it is free (under "
+        "load batches still fill, because work queues while a batch runs); wait: a batch "
+        "also waits up to max_wait_ms after its first image to fill.",
+    )
     max_wait_ms: float = Field(default=5.0, ge=0.0, le=10_000.0)
     queue_size: int = Field(default=256, ge=1, le=1_000_000)
     preprocess_threads: int = Field(default=4, ge=1, le=256)

@@ -89,6 +89,37 @@ def test_preprocess_matches_the_processor(demo_engine: FlorenceEngine) -> None:
         np.testing.assert_allclose(prepared, reference.numpy(), atol=1e-5, rtol=0)
 
 
+@pytest.fixture(scope="module")
+def uint8_engine(trained_model_dir: Path) -> FlorenceEngine:
+    """The CUDA layout (uint8 pixels, normalized per batch by the engine), forced on CPU."""
+    return FlorenceEngine(
+        load_model(str(trained_model_dir)), max_new_tokens=256, normalize_on_device=True
+    )
+
+
+def test_device_normalization_matches_the_processor(uint8_engine: FlorenceEngine) -> None:
+    processor = uint8_engine._processor
+    images = photos(3)
+    prepared = [uint8_engine.preprocess(image) for image in images]
+    assert all(p.dtype == torch.uint8 and p.shape == (128, 128, 3) for p in prepared)
+    pixels = uint8_engine.pixel_values(prepared)
+    assert pixels.shape == (3, 3, 128, 128)
+    assert pixels.dtype == torch.float32
+    reference = processor(text=["x"] * 3, images=images, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pixels, reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_both_pixel_layouts_give_the_same_answers(
+    uint8_engine: FlorenceEngine, trained_engine: FlorenceEngine
+) -> None:
+    rng = random.Random(11)
+    images = [garment_image(color, rng) for color in TRAINED_CLASSES]
+    on_host = trained_engine.run_batch([trained_engine.preprocess(i) for i in images])
+    on_device = uint8_engine.run_batch([uint8_engine.preprocess(i) for i in images])
+    assert [o.text for o in on_device] == [o.text for o in on_host]
+
+
 def test_preprocess_normalizes_with_imagenet_stats(demo_engine: FlorenceEngine) -> None:
     prepared = demo_engine.preprocess(Image.new("RGB", (50, 300), (255, 0, 128)))
     assert prepared.shape == (3, 128, 128)  # plain resize, no crop, any aspect ratio
@@ -352,7 +383,8 @@ def test_engine_bf16_on_cuda(trained_model_dir: Path) -> None:
     rng = random.Random(7)
     cases = list(TRAINED_CLASSES.items())
     batch = [engine.preprocess(garment_image(color, rng)) for color, _ in cases]
-    assert all(item.dtype == np.float32 for item in batch)  # cast happens on the device
+    # Staged by the pool threads: uint8 pixels already on the GPU, normalized per batch.
+    assert all(item.dtype == torch.uint8 and item.device.type == "cuda" for item in batch)
     outcomes = engine.run_batch(batch)
     assert len(outcomes) == len(cases)
     assert all(o.generated_tokens >= 1 for o in outcomes)

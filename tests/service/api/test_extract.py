@@ -52,6 +52,20 @@ async def test_extract_real_photo(real_photo: bytes) -> None:
     assert backend.batches == [1]
 
 
+@pytest.mark.parametrize(("dispatch", "waits"), [("idle", False), ("wait", True)])
+async def test_batch_dispatch_policy(dispatch: str, waits: bool) -> None:
+    """A lone image: "idle" hands it to the free engine at once; "wait" holds it to fill."""
+    settings = make_settings(batch_dispatch=dispatch, max_wait_ms=400.0)
+    async with serve(settings) as s:
+        response = await s.client.post("/v1/extract", files=image_files(RED))
+    assert response.status_code == 200, response.text
+    queue_ms = response.json()["timing_ms"]["queue"]
+    if waits:
+        assert queue_ms >= 350.0
+    else:
+        assert queue_ms < 200.0
+
+
 async def test_request_id_is_echoed_when_sent() -> None:
     async with serve() as s:
         response = await s.client.post(

@@ -122,7 +122,9 @@ async def test_a_disconnected_client_is_not_run() -> None:
 
 async def test_oom_above_batch_two_still_answers_all_eight() -> None:
     backend = FaultBackend(latency_s=0.05, oom_above=2)
-    async with serve(make_settings(max_batch_size=8, max_wait_ms=50), backend) as s:
+    async with serve(
+        make_settings(max_batch_size=8, batch_dispatch="wait", max_wait_ms=50), backend
+    ) as s:
         images = [RED if i % 2 else BLUE for i in range(8)]
         responses = await asyncio.gather(
             *(s.client.post("/v1/extract", files=upload(im)) for im in images)
