@@ -42,7 +42,7 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-## Benchmark on the demo model (CPU): offline engine vs. service over loopback
+## The CPU benchmark suite on the demo model (about 3 min): engine sweep, preprocessing, service, baselines (docs/BENCHMARKS.md)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 

@@ -20,10 +20,20 @@ import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import httpx
 
+from bench.rawhttp import RawConnection, encode_upload
 from model_store.synthetic import COLOR_CLASSES, block_garment
+
+
+class Answer(Protocol):
+    """What Tally reads from a response: httpx's or the raw client's."""
+
+    @property
+    def status_code(self) -> int: ...
+    def json(self) -> Any: ...
 
 
 @dataclass
@@ -40,7 +50,7 @@ class Tally:
     def answered(self) -> int:
         return sum(self.by_status.values())
 
-    def record(self, response: httpx.Response, seconds: float) -> None:
+    def record(self, response: Answer, seconds: float) -> None:
         self.by_status[response.status_code] += 1
         if response.status_code == 200:
             self.latencies_ok.append(seconds)
@@ -103,6 +113,99 @@ async def open_loop(
         await asyncio.sleep(max(0.0, due - time.perf_counter()))
         tasks.append(asyncio.create_task(_send(client, images[index % len(images)], tally)))
     await asyncio.gather(*tasks)
+    tally.wall_s = time.perf_counter() - started
+    return tally
+
+
+async def raw_closed_loop(
+    base_url: str,
+    images: list[bytes],
+    concurrency: int,
+    requests: int,
+    limit_s: float,
+    *,
+    request_timeout_s: float = 120.0,
+) -> Tally:
+    """:func:`closed_loop` on the lean client (:mod:`bench.rawhttp`): one persistent
+    connection per client, requests pre-encoded, so the generator takes little CPU from
+    the server it measures."""
+    tally = Tally()
+    deadline = time.perf_counter() + limit_s
+    connections = [RawConnection(base_url) for _ in range(concurrency)]
+    encoded = [encode_upload(connections[0].authority, image) for image in images]
+
+    async def worker(connection: RawConnection) -> None:
+        while tally.sent < requests and time.perf_counter() < deadline:
+            request = encoded[tally.sent % len(encoded)]
+            tally.sent += 1
+            started = time.perf_counter()
+            try:
+                response = await asyncio.wait_for(connection.send(request), request_timeout_s)
+            except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError):
+                tally.transport_errors += 1
+                await connection.close()  # a half-read response poisons the connection
+                continue
+            tally.record(response, time.perf_counter() - started)
+
+    started = time.perf_counter()
+    try:
+        await asyncio.gather(*(worker(c) for c in connections))
+    finally:
+        await asyncio.gather(*(c.close() for c in connections))
+    tally.wall_s = time.perf_counter() - started
+    return tally
+
+
+async def raw_open_loop(
+    base_url: str,
+    images: list[bytes],
+    rate: float,
+    requests: int,
+    limit_s: float,
+    *,
+    max_connections: int = 512,
+    request_timeout_s: float = 120.0,
+) -> Tally:
+    """:func:`open_loop` on the lean client: requests start on schedule whatever the
+    answers; idle connections are reused, at most ``max_connections`` are open (past that a
+    request waits for one, which the report shows as latency, not as lost work)."""
+    tally = Tally()
+    probe = RawConnection(base_url)
+    encoded = [encode_upload(probe.authority, image) for image in images]
+    idle: list[RawConnection] = [probe]
+    slots = asyncio.Semaphore(max_connections)
+    opened: list[RawConnection] = [probe]
+
+    async def one(request: bytes) -> None:
+        async with slots:
+            if idle:
+                connection = idle.pop()
+            else:
+                connection = RawConnection(base_url)
+                opened.append(connection)
+            started = time.perf_counter()
+            try:
+                response = await asyncio.wait_for(connection.send(request), request_timeout_s)
+            except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError):
+                tally.transport_errors += 1
+                await connection.close()
+            else:
+                tally.record(response, time.perf_counter() - started)
+            idle.append(connection)
+
+    started = time.perf_counter()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        for index in range(requests):
+            due = started + index / rate
+            if due - started > limit_s:
+                break
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            tally.sent += 1
+            tasks.append(asyncio.create_task(one(encoded[index % len(encoded)])))
+        await asyncio.gather(*tasks)
+    finally:
+        await asyncio.gather(*(c.close() for c in opened))
     tally.wall_s = time.perf_counter() - started
     return tally
 

@@ -9,6 +9,7 @@ validates, and each value comes with its confidence.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Final
 
@@ -244,12 +245,30 @@ class FlorenceEngine:
         return ItemOutcome(text, steps, attributes=attributes, confidence=confidence)
 
 
+def cpu_threads_for_model(configured: int, device: torch.device) -> int | None:
+    """How many intra-op threads torch should use, or None to leave torch's choice.
+
+    On CPU the model shares the cores with HTTP, decoding and preprocessing. Measured on
+    2 cores (docs/BENCHMARKS.md), the service served about 40% more images/s with one
+    torch thread than with torch's default of one per core, while the engine alone was
+    faster with two: a model that takes every core starves the work that feeds it.
+    """
+    if configured:
+        return configured
+    if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return None
+    return max(1, len(os.sched_getaffinity(0)) // 2)
+
+
 def load_engine(settings: Settings) -> FlorenceEngine:
     """Resolve the configured model (or the demo model), load it and wrap it."""
     source = settings.model_path or str(
         ensure_demo_model(settings.demo_model_dir, trained=settings.demo_model == "trained")
     )
     device = resolve_device(settings.device)
+    threads = cpu_threads_for_model(settings.torch_threads, device)
+    if threads is not None:
+        torch.set_num_threads(threads)
     dtype = resolve_dtype(settings.dtype, device)
     loaded = load_model(
         source,
@@ -258,7 +277,10 @@ def load_engine(settings: Settings) -> FlorenceEngine:
         dtype=dtype,
         verify_checksums=settings.verify_checksums,
     )
-    log.info("loaded %s on %s as %s", loaded.manifest.name, device, dtype)
+    log.info(
+        "loaded %s on %s as %s, %d torch threads",
+        loaded.manifest.name, device, dtype, torch.get_num_threads(),
+    )  # fmt: skip
     return FlorenceEngine(
         loaded, max_new_tokens=settings.max_new_tokens, decoding=decoding_mode(settings)
     )

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     )
     # --- end model pipeline ---------------------------------------------------------------
     device: DeviceName = "auto"
+    torch_threads: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="torch intra-op threads for the model on CPU; 0 = half of the CPUs this "
+        "process may use (the rest decode images and serve HTTP), unless OMP_NUM_THREADS is set.",
+    )
     dtype: DtypeName = Field(
         default="auto",
         description="auto = bfloat16 on CUDA (float16 if bf16 unsupported), float32 on CPU.",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import random
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -62,3 +65,16 @@ def trained_model_dir(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFac
     manifest = train_color_demo(demo_model_dir, out, steps=150)
     assert manifest.name == TRAINED_MODEL_NAME
     return out
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads() -> Iterator[None]:
+    """``load_engine`` sizes torch's thread pool for a serving process (FF_TORCH_THREADS);
+    in this one shared test process that must not leak into the tests that follow."""
+    torch = sys.modules.get("torch")  # never import torch for tests that do not use it
+    # torch's own default (one thread per core) when this test is the one importing it.
+    before = torch.get_num_threads() if torch is not None else os.cpu_count() or 1
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)

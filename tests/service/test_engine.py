@@ -25,6 +25,7 @@ from service.decoding.decoders import DecodingConfigError, DecodingMode
 from service.decoding.grammar import compile_schema_grammar
 from service.engine import (
     FlorenceEngine,
+    cpu_threads_for_model,
     decoding_mode,
     load_engine,
     resolve_device,
@@ -420,3 +421,21 @@ def test_sticky_cuda_errors_are_recognised() -> None:
     )
     assert is_sticky_cuda_error(RuntimeError("CUDA error: device-side assert triggered"))
     assert not is_sticky_cuda_error(RuntimeError("shape mismatch in matmul"))
+
+
+def test_torch_threads_leave_cores_for_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(8)))
+    assert cpu_threads_for_model(0, cpu) == 4  # half: the rest decode and serve HTTP
+    assert cpu_threads_for_model(3, cpu) == 3  # FF_TORCH_THREADS wins
+    assert cpu_threads_for_model(0, cuda) is None  # the GPU does the model's work
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0})
+    assert cpu_threads_for_model(0, cpu) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    assert cpu_threads_for_model(0, cpu) is None  # the operator already chose
+
+
+def test_load_engine_applies_the_thread_setting(demo_model_dir: Path) -> None:
+    load_engine(Settings(model_path=str(demo_model_dir), device="cpu", torch_threads=1))
+    assert torch.get_num_threads() == 1  # the autouse fixture restores it afterwards

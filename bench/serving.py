@@ -1,0 +1,197 @@
+"""The service under load over loopback, and the ratios against its baselines.
+
+:func:`service_suite` is the service half of both suites (``bench.run`` on CPU,
+``bench.gpu`` on a GPU). Every server it starts is a subprocess on 127.0.0.1, measured by
+the same closed-loop client (:func:`bench.baselines.measure`) or open-loop generator
+(:func:`bench.load.open_loop`), and each run is bounded by a request count and a time
+limit. It measures:
+
+1. our service: a closed-loop concurrency sweep (images/s, p50/p90/p99, errors, the mean
+   batch the service formed), open-loop arrival at fractions of the saturated rate and
+   at 3x it (overload), peak RSS;
+2. the dispatch policies: ``FF_BATCH_DISPATCH=idle`` (the sweep above) against ``wait``
+   with ``FF_MAX_WAIT_MS`` at a few concurrencies;
+3. the paper's one-request-at-a-time demo (per-request ``generate``, 3 beams);
+4. plumbing: our real app with an instant backend against a bare FastAPI endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+
+from bench.baselines import measure, spawn_bare, spawn_instant, spawn_paper_demo
+from bench.load import raw_open_loop, summary
+from bench.servers import ServerHandle, peak_rss_bytes, spawn_service
+
+Row = dict[str, Any]
+
+#: The policy ``wait`` is measured with this wait (the setting's default).
+WAIT_POLICY_MS: Final = 5.0
+#: The paper demo's beam count.
+PAPER_BEAMS: Final = 3
+
+
+@dataclass(frozen=True)
+class SuitePlan:
+    """How long each part runs; ``quick`` trades precision for time (smoke runs)."""
+
+    concurrencies: tuple[int, ...] = (1, 4, 16, 32, 64)
+    policy_concurrencies: tuple[int, ...] = (1, 4, 16, 32)
+    open_fractions: tuple[float, ...] = (0.5, 0.9)
+    point_s: float = 8.0
+    max_requests: int = 3000
+    baseline_concurrency: int = 32
+    plumbing_concurrencies: tuple[int, ...] = (1, 32)
+
+    @classmethod
+    def quick(cls) -> SuitePlan:
+        return cls((1, 8), (1, 8), (0.5,), 3.0, 300, 8, (1, 8))
+
+
+_COUNTERS: Final = ("ff_batch_size_sum", "ff_batch_size_count", "ff_inference_duration_seconds_sum")
+
+
+def engine_counters(base_url: str) -> dict[str, float]:
+    """Batch size (sum, count) and engine seconds, for one measured point's deltas."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{base_url}/metrics", timeout=10, trust_env=False).text
+    values = dict.fromkeys(_COUNTERS, 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in values:
+                values[sample.name] = sample.value
+    return values
+
+
+def measure_ours(
+    server: ServerHandle, payloads: list[bytes], concurrency: int, plan: SuitePlan
+) -> Row:
+    """One closed-loop point against our service, with the mean batch it formed and the
+    fraction of the wall time its engine was running a batch (1.0 = never starved)."""
+    before = engine_counters(server.base_url)
+    row = measure(server.base_url, payloads, concurrency, plan.max_requests, plan.point_s)
+    after = engine_counters(server.base_url)
+    delta = {name: after[name] - before[name] for name in _COUNTERS}
+    batches = delta["ff_batch_size_count"]
+    row["mean_batch"] = delta["ff_batch_size_sum"] / batches if batches else 0.0
+    row["engine_busy"] = delta["ff_inference_duration_seconds_sum"] / max(row["wall_s"], 1e-9)
+    return row
+
+
+def open_point(base_url: str, payloads: list[bytes], rate: float, seconds: float) -> Row:
+    tally = asyncio.run(raw_open_loop(base_url, payloads, rate, int(rate * seconds) + 1, seconds))
+    return {"rate_per_s": rate, **summary(tally)}
+
+
+def sweep_service(
+    model_dir: Path, payloads: list[bytes], env: Mapping[str, str], plan: SuitePlan
+) -> Row:
+    with spawn_service(model_dir, env) as server:
+        closed = [measure_ours(server, payloads, c, plan) for c in plan.concurrencies]
+        saturated = max(row["img_s"] for row in closed)
+        opened = [
+            open_point(server.base_url, payloads, fraction * saturated, plan.point_s)
+            for fraction in plan.open_fractions
+        ]
+        overload = open_point(server.base_url, payloads, 3 * saturated, plan.point_s)
+        rss = peak_rss_bytes(server.pid)
+        cold = server.cold_start_s
+    return {
+        "cold_start_s": cold,
+        "closed": closed,
+        "open": opened,
+        "overload": overload,
+        "saturated_img_s": saturated,
+        "peak_rss_bytes": rss,
+    }
+
+
+def wait_policy(
+    model_dir: Path, payloads: list[bytes], env: Mapping[str, str], plan: SuitePlan
+) -> list[Row]:
+    policy = {"FF_BATCH_DISPATCH": "wait", "FF_MAX_WAIT_MS": str(WAIT_POLICY_MS)}
+    with spawn_service(model_dir, {**env, **policy}) as server:
+        return [measure_ours(server, payloads, c, plan) for c in plan.policy_concurrencies]
+
+
+def paper_demo(model_dir: Path, payloads: list[bytes], device: str, plan: SuitePlan) -> Row:
+    with spawn_paper_demo(model_dir, PAPER_BEAMS, device=device) as server:
+        row = measure(
+            server.base_url, payloads, plan.baseline_concurrency, plan.max_requests, plan.point_s
+        )
+        row["stats"] = httpx.get(f"{server.base_url}/stats", timeout=10, trust_env=False).json()
+    return row
+
+
+def plumbing(payloads: list[bytes], image_size: int, plan: SuitePlan) -> dict[str, list[Row]]:
+    """Our app with a backend that costs nothing, against bare FastAPI (with and without a
+    PIL decode, since our intake decodes), at each plumbing concurrency."""
+    servers: dict[str, Callable[[], ServerHandle]] = {
+        "bare": lambda: spawn_bare(),
+        "bare_decode": lambda: spawn_bare(decode=True),
+        "instant": lambda: spawn_instant(image_size=image_size),
+    }
+    out: dict[str, list[Row]] = {}
+    for name, start in servers.items():
+        with start() as server:
+            out[name] = [
+                measure(server.base_url, payloads, c, plan.max_requests, plan.point_s)
+                for c in plan.plumbing_concurrencies
+            ]
+    return out
+
+
+def service_suite(
+    model_dir: Path,
+    payloads: list[bytes],
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    quick: bool = False,
+    image_size: int = 128,
+    device: str = "auto",
+) -> Row:
+    """All of the service figures; ``extra_env`` configures every spawn of our service."""
+    plan = SuitePlan.quick() if quick else SuitePlan()
+    env = dict(extra_env or {})
+    service = sweep_service(model_dir, payloads, env, plan)
+    waits = wait_policy(model_dir, payloads, env, plan)
+    demo = paper_demo(model_dir, payloads, device, plan)
+    plumbing_rows = plumbing(payloads, image_size, plan)
+    return {
+        "plan": plan.__dict__,
+        "service": service,
+        "dispatch_wait": waits,
+        "paper_demo": demo,
+        "plumbing": plumbing_rows,
+        "ratios": ratios(service, demo, plumbing_rows),
+    }
+
+
+def _at(rows: Sequence[Row], concurrency: int) -> Row:
+    return next(row for row in rows if row["concurrency"] == concurrency)
+
+
+def ratios(service: Row, demo: Row, plumbing_rows: Mapping[str, list[Row]]) -> Row:
+    low = min(row["concurrency"] for row in plumbing_rows["bare"])
+    high = max(row["concurrency"] for row in plumbing_rows["bare"])
+    instant, bare, bare_decode = (
+        plumbing_rows[name] for name in ("instant", "bare", "bare_decode")
+    )
+    return {
+        "service_over_paper_demo": service["saturated_img_s"] / max(demo["img_s"], 1e-9),
+        "plumbing_over_bare": _at(instant, high)["img_s"] / max(_at(bare, high)["img_s"], 1e-9),
+        "plumbing_over_bare_decode": _at(instant, high)["img_s"]
+        / max(_at(bare_decode, high)["img_s"], 1e-9),
+        "plumbing_added_p99_ms": _at(instant, low)["p99_ms"] - _at(bare, low)["p99_ms"],
+        "plumbing_added_p99_ms_vs_decode": _at(instant, low)["p99_ms"]
+        - _at(bare_decode, low)["p99_ms"],
+        "plumbing_concurrency": high,
+        "latency_concurrency": low,
+    }
