@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -59,6 +60,14 @@ def value(samples: dict[tuple[str, Labels], float], sample: str, /, **labels: st
 
 
 # --- probes and model description ---------------------------------------------------------
+
+
+async def test_startup_objects_are_frozen_while_serving_and_released_at_stop() -> None:
+    gc.unfreeze()
+    async with serve() as s:
+        assert phase_of(s.app) is Phase.READY
+        assert gc.get_freeze_count() > 0  # the loaded model is out of the collector's walk
+    assert gc.get_freeze_count() == 0  # stopped: all of it is collectable again
 
 
 async def test_probes_and_model_while_loading_then_ready() -> None:
