@@ -101,10 +101,14 @@ def ratio_table(ratios: Row, service_over_offline: float) -> str:
 
 
 def preprocessing_table(rows: Sequence[Row]) -> str:
-    lines = ["| images | model size px | img/s per core | ms per image |", "|---|---|---|---|"]
+    lines = [
+        "| images | model size px | step | img/s per core | ms per image |",
+        "|---|---|---|---|---|",
+    ]
     for row in rows:
         lines.append(
-            f"| {row['images']} | {row['size']} | {row['img_s']:.1f} | {1000 / row['img_s']:.2f} |"
+            f"| {row['images']} | {row['size']} | {row.get('step', '')} | {row['img_s']:.1f} | "
+            f"{1000 / row['img_s']:.2f} |"
         )
     return "\n".join(lines)
 

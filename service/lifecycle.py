@@ -56,7 +56,7 @@ def freeze_startup_objects() -> None:
     """Move everything alive after the load (the model, tokenizer, grammar, libraries) out
     of the garbage collector's reach: they live as long as the process, and otherwise every
     full collection walks all of them while a request waits. Measured on 2 CPU cores with
-    32 clients (docs/BENCHMARKS.md): p99 358 -> 132 ms, images/s 249 -> 271-280.
+    32 clients (docs/BENCHMARKS.md): p99 388-429 ms without, 153-192 ms with.
     Refcounting still frees frozen objects; ``stop`` unfreezes for the cyclic ones."""
     gc.collect()
     gc.freeze()
@@ -133,7 +133,8 @@ class Runtime:
         self.extractor = extractor
         self.load_seconds = time.perf_counter() - started
         self.metrics.set_model(backend.info)
-        freeze_startup_objects()
+        if self.settings.gc_freeze:
+            freeze_startup_objects()
         self._set_phase(Phase.READY)
         log.info("model ready in %.2fs: %s", self.load_seconds, backend.info.name)
 

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(default=5.0, ge=0.0, le=10_000.0)
     queue_size: int = Field(default=256, ge=1, le=1_000_000)
     preprocess_threads: int = Field(default=4, ge=1, le=256)
+    gc_freeze: bool = Field(
+        default=True,
+        description="Once the model is loaded, exempt everything alive from the cyclic "
+        "garbage collector (gc.freeze): full collections stop walking the model.",
+    )
 
     # Intake limits
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
