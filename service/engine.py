@@ -157,7 +157,7 @@ class FlorenceEngine:
             pixels = self._transform.resize(image)
             if self._stager is not None:
                 return self._stager.stage(pixels)
-            return torch.from_numpy(pixels)
+            return torch.from_numpy(pixels.copy())  # PIL's arrays are read-only
         if self._transform is not None:
             return self._transform(image)
         pixels = self._processor.image_processor(images=[image], return_tensors="np")

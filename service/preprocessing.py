@@ -105,8 +105,10 @@ class DeviceStager:
         self._stream = torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]
         self._lock = threading.Lock()  # event record + copy enqueue as one step per item
 
-    def stage(self, pixels: npt.NDArray[Any]) -> torch.Tensor:
-        pinned = torch.from_numpy(pixels).pin_memory()
+    def stage(self, pixels: npt.NDArray[np.uint8]) -> torch.Tensor:
+        # One copy, straight into page-locked memory (PIL's arrays are read-only anyway).
+        pinned = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
+        pinned.numpy()[...] = pixels
         try:
             with self._lock, torch.cuda.stream(self._stream):
                 on_device = pinned.to(self._device, non_blocking=True)
