@@ -325,7 +325,7 @@ async def _measure(
 ) -> dict[str, Any]:
     # A request may queue behind all the others (paper-demo serves one at a time), and the
     # loop stops starting requests at time_limit_s: allow the last ones to finish.
-    timeout = time_limit_s + 60.0
+    timeout = time_limit_s + 300.0
     # The lean client (bench.rawhttp): httpx costs the shared cores several hundred
     # microseconds per request, which capped every server near 150-350 req/s here.
     if warmup:
@@ -343,6 +343,10 @@ async def _measure(
         "by_status": dict(sorted(tally.by_status.items())),
         "by_code": dict(sorted(tally.by_code.items())),
         "wall_s": tally.wall_s,
+        # Every answer, whatever its status: what a server completed. On random weights the
+        # paper demo's free-running output is rarely valid JSON (422), yet the model work
+        # was done; ratios against it use this, not ``img_s``.
+        "answered_img_s": tally.answered / tally.wall_s if tally.wall_s else 0.0,
         "img_s": ok / tally.wall_s if tally.wall_s else 0.0,
         "p50_ms": percentile_ms(tally.latencies_ok, 0.50),
         "p90_ms": percentile_ms(tally.latencies_ok, 0.90),
