@@ -36,15 +36,16 @@ def closed_table(rows: Sequence[Row], *, with_batch: bool = True) -> str:
 
 def open_table(rows: Sequence[Row]) -> str:
     lines = [
-        "| offered req/s | sent | ok | refused (code: n) | ok img/s | p50 ms | p99 ms |"
+        "| offered req/s | sent | ok | refused (code: n) | ok img/s | p50 ms | p90 ms | p99 ms |"
         " refusal p50 ms | unexpected 5xx |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         refused = ", ".join(f"{code}: {n}" for code, n in row["by_code"].items()) or "none"
         lines.append(
             f"| {row['rate_per_s']:.0f} | {row['sent']} | {row['ok']} | {refused} | "
-            f"{row['throughput_ok_per_s']:.1f} | {_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} | "
+            f"{row['throughput_ok_per_s']:.1f} | {_ms(row['p50_ms'])} | {_ms(row['p90_ms'])} | "
+            f"{_ms(row['p99_ms'])} | "
             f"{_ms(row['refusal_p50_ms'])} | {row['server_errors_5xx_unexpected']} |"
         )
     return "\n".join(lines)

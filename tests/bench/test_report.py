@@ -20,7 +20,7 @@ def _closed(clients: int, img_s: float, p99: float) -> dict[str, Any]:
 def _open(rate: float) -> dict[str, Any]:
     return {
         "rate_per_s": rate, "sent": 10, "ok": 8, "by_code": {"queue_full": 2},
-        "throughput_ok_per_s": 8.0, "p50_ms": 1.0, "p99_ms": 2.0,
+        "throughput_ok_per_s": 8.0, "p50_ms": 1.0, "p90_ms": 1.5, "p99_ms": 2.0,
         "refusal_p50_ms": math.nan, "server_errors_5xx_unexpected": 0,
     }  # fmt: skip
 
