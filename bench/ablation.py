@@ -20,8 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.load import payloads
 from bench.report import closed_table
-from bench.run import payloads, prepare_model
+from bench.run import prepare_model
 from bench.servers import spawn_service
 from bench.serving import SuitePlan, measure_ours
 

@@ -44,7 +44,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from pydantic import ValidationError
 
-from bench.load import percentile_ms, raw_closed_loop
+from bench.load import closed_loop, percentile_ms
 from bench.servers import LOOPBACK, ServerHandle, free_port, spawn
 from model_store.schema import FashionAttributes
 from service.backend import ItemOutcome, ModelInfo, PreparedImage
@@ -329,8 +329,8 @@ async def _measure(
     # The lean client (bench.rawhttp): httpx costs the shared cores several hundred
     # microseconds per request, which capped every server near 150-350 req/s here.
     if warmup:
-        await raw_closed_loop(base_url, payloads[:warmup], 1, warmup, timeout)
-    tally = await raw_closed_loop(
+        await closed_loop(base_url, payloads[:warmup], 1, warmup, timeout)
+    tally = await closed_loop(
         base_url, payloads, concurrency, requests, time_limit_s, request_timeout_s=timeout
     )
     ok = tally.by_status.get(200, 0)

@@ -40,20 +40,21 @@ from typing import Any, Final
 import torch
 
 from bench.flops import DEFAULT_PEAK_FLOPS, FlopProfile, compare_with_issue, profile_model
+from bench.load import payloads as synthetic_payloads
 from bench.offline import (
     ALL_MODES,
     Row,
     engines_for,
+    img_s_at,
     knee,
     load,
     machine_line,
     markdown_table,
     prepare_images,
     sweep_engines,
-    synthetic_jpegs,
 )
 from bench.report import service_section
-from bench.serving import WAIT_POLICY_MS, service_suite
+from bench.serving import SERVICE_MODE, WAIT_POLICY_MS, service_suite
 from service.decoding.decoders import DecodingMode
 
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
@@ -62,7 +63,6 @@ DEFAULT_SHAPES: Final = ("florence-2-base", "florence-2-large")
 GPU_BATCH_SIZES: Final = (1, 8, 16, 32, 64, 128)
 QUICK_BATCH_SIZES: Final = (1, 4)
 #: The service's default mode: the suggested batch size is its knee.
-SERVICE_MODE: Final = DecodingMode.JUMP_FORWARD
 #: The service needs room beyond the sweep's peak (the next batch's inputs, fragmentation).
 MEMORY_HEADROOM: Final = 0.85
 #: Keep this much of the run's budget for the service suite of each shape.
@@ -155,7 +155,7 @@ def bench_shape(
     engines = engines_for(
         loaded, plan.modes, max_new_tokens=plan.plain_max_new_tokens, plain_exact_tokens=True
     )
-    payloads = synthetic_jpegs(plan.images, size=512)
+    payloads = synthetic_payloads(plan.images, size=512)
     prepared = prepare_images(next(iter(engines.values())), payloads)
     device = next(loaded.model.parameters()).device
     rows = sweep_engines(
@@ -217,18 +217,10 @@ def print_shape(result: dict[str, Any], peak_tflops: float) -> None:
     if service is None or "service" not in service:
         print(f"service: {json.dumps(service, default=str)[:2000]}")
         return
-    reference = offline_img_s(result["rows"], result["suggested_default"])
+    reference = img_s_at(result["rows"], SERVICE_MODE, result["suggested_default"])
     ratio = service["service"]["saturated_img_s"] / reference if reference else float("nan")
     result["service_over_offline"] = ratio
     print("\n" + service_section(service, ratio, WAIT_POLICY_MS))
-
-
-def offline_img_s(rows: Sequence[Row], batch_size: int | None) -> float | None:
-    """The offline reference for the service: its mode at its max batch size."""
-    for row in rows:
-        if row["mode"] == SERVICE_MODE.value and row["batch_size"] == batch_size:
-            return float(row["img_s"]) if row.get("img_s") else None
-    return None
 
 
 def make_plan(args: argparse.Namespace) -> Plan:

@@ -6,7 +6,9 @@
 closed: N clients each send one request after another; open: requests start at a constant
 rate whatever the answers (this is how overload looks). Prints throughput, latency
 percentiles and the accounting: sent = answered, broken down by status and error code.
-Every run is bounded by --requests and --time-limit-s and targets the given server only.
+Every run is bounded by --requests and --time-limit-s and targets the given server only,
+which must be on loopback: the client is :mod:`bench.rawhttp`, chosen because httpx took
+more CPU per request than the servers it measured on a 2-core machine (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -22,14 +24,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import httpx
-
 from bench.rawhttp import RawConnection, encode_upload
 from model_store.synthetic import COLOR_CLASSES, block_garment
 
 
 class Answer(Protocol):
-    """What Tally reads from a response: httpx's or the raw client's."""
+    """What Tally reads from a response (the raw client's, or any with the same two)."""
 
     @property
     def status_code(self) -> int: ...
@@ -62,62 +62,38 @@ class Tally:
             self.by_code["<not json>"] += 1
 
 
-def payloads(count: int) -> list[bytes]:
-    rng = random.Random(7)
+def payloads(count: int, *, size: int = 256, seed: int = 42) -> list[bytes]:
+    """Synthetic garment JPEGs (the demo model's colour classes in turn): every benchmark's
+    request bodies."""
+    rng = random.Random(seed)
     colors = list(COLOR_CLASSES)
     out = []
     for index in range(count):
         buffer = io.BytesIO()
-        block_garment(colors[index % len(colors)], rng, size=256).save(buffer, "JPEG", quality=90)
+        block_garment(colors[index % len(colors)], rng, size=size).save(buffer, "JPEG", quality=90)
         out.append(buffer.getvalue())
     return out
 
 
-async def _send(client: httpx.AsyncClient, image: bytes, tally: Tally) -> None:
-    tally.sent += 1
+_TRANSPORT_ERRORS = (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError)
+
+
+async def _timed_send(
+    connection: RawConnection, request: bytes, tally: Tally, timeout_s: float
+) -> None:
+    """Send one request and record its answer, or count a transport error (and close the
+    connection: a half-read response poisons it; the next send reopens it)."""
     started = time.perf_counter()
     try:
-        response = await client.post("/v1/extract", files={"image": ("g.jpg", image, "image/jpeg")})
-    except httpx.TransportError:
+        response = await asyncio.wait_for(connection.send(request), timeout_s)
+    except _TRANSPORT_ERRORS:
         tally.transport_errors += 1
+        await connection.close()
         return
     tally.record(response, time.perf_counter() - started)
 
 
 async def closed_loop(
-    client: httpx.AsyncClient, images: list[bytes], concurrency: int, requests: int, limit_s: float
-) -> Tally:
-    tally = Tally()
-    deadline = time.perf_counter() + limit_s
-
-    async def worker() -> None:
-        while tally.sent < requests and time.perf_counter() < deadline:
-            await _send(client, images[tally.sent % len(images)], tally)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    tally.wall_s = time.perf_counter() - started
-    return tally
-
-
-async def open_loop(
-    client: httpx.AsyncClient, images: list[bytes], rate: float, requests: int, limit_s: float
-) -> Tally:
-    tally = Tally()
-    started = time.perf_counter()
-    tasks: list[asyncio.Task[None]] = []
-    for index in range(requests):
-        due = started + index / rate
-        if due - started > limit_s:
-            break
-        await asyncio.sleep(max(0.0, due - time.perf_counter()))
-        tasks.append(asyncio.create_task(_send(client, images[index % len(images)], tally)))
-    await asyncio.gather(*tasks)
-    tally.wall_s = time.perf_counter() - started
-    return tally
-
-
-async def raw_closed_loop(
     base_url: str,
     images: list[bytes],
     concurrency: int,
@@ -126,9 +102,9 @@ async def raw_closed_loop(
     *,
     request_timeout_s: float = 120.0,
 ) -> Tally:
-    """:func:`closed_loop` on the lean client (:mod:`bench.rawhttp`): one persistent
-    connection per client, requests pre-encoded, so the generator takes little CPU from
-    the server it measures."""
+    """``concurrency`` clients, each sending its next request when the last is answered, on
+    one persistent connection each; requests are pre-encoded, so the generator takes little
+    CPU from the server it measures."""
     tally = Tally()
     deadline = time.perf_counter() + limit_s
     connections = [RawConnection(base_url) for _ in range(concurrency)]
@@ -138,14 +114,7 @@ async def raw_closed_loop(
         while tally.sent < requests and time.perf_counter() < deadline:
             request = encoded[tally.sent % len(encoded)]
             tally.sent += 1
-            started = time.perf_counter()
-            try:
-                response = await asyncio.wait_for(connection.send(request), request_timeout_s)
-            except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError):
-                tally.transport_errors += 1
-                await connection.close()  # a half-read response poisons the connection
-                continue
-            tally.record(response, time.perf_counter() - started)
+            await _timed_send(connection, request, tally, request_timeout_s)
 
     started = time.perf_counter()
     try:
@@ -156,7 +125,7 @@ async def raw_closed_loop(
     return tally
 
 
-async def raw_open_loop(
+async def open_loop(
     base_url: str,
     images: list[bytes],
     rate: float,
@@ -166,8 +135,8 @@ async def raw_open_loop(
     max_connections: int = 512,
     request_timeout_s: float = 120.0,
 ) -> Tally:
-    """:func:`open_loop` on the lean client: requests start on schedule whatever the
-    answers; idle connections are reused, at most ``max_connections`` are open (past that a
+    """Requests start on schedule at ``rate`` per second whatever the answers (how overload
+    looks); idle connections are reused, at most ``max_connections`` are open (past that a
     request waits for one, which the report shows as latency, not as lost work)."""
     tally = Tally()
     probe = RawConnection(base_url)
@@ -183,14 +152,7 @@ async def raw_open_loop(
             else:
                 connection = RawConnection(base_url)
                 opened.append(connection)
-            started = time.perf_counter()
-            try:
-                response = await asyncio.wait_for(connection.send(request), request_timeout_s)
-            except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError):
-                tally.transport_errors += 1
-                await connection.close()
-            else:
-                tally.record(response, time.perf_counter() - started)
+            await _timed_send(connection, request, tally, request_timeout_s)
             idle.append(connection)
 
     started = time.perf_counter()
@@ -243,14 +205,10 @@ async def run(
     server: str, mode: str, concurrency: int, rate: float, requests: int, limit_s: float
 ) -> dict[str, object]:
     images = payloads(64)
-    limits = httpx.Limits(
-        max_connections=max(concurrency, 64), max_keepalive_connections=max(concurrency, 64)
-    )
-    async with httpx.AsyncClient(base_url=server, timeout=60, limits=limits) as client:
-        if mode == "closed":
-            tally = await closed_loop(client, images, concurrency, requests, limit_s)
-        else:
-            tally = await open_loop(client, images, rate, requests, limit_s)
+    if mode == "closed":
+        tally = await closed_loop(server, images, concurrency, requests, limit_s)
+    else:
+        tally = await open_loop(server, images, rate, requests, limit_s)
     return summary(tally)
 
 

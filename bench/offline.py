@@ -21,7 +21,6 @@ import io
 import json
 import os
 import platform
-import random
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -32,8 +31,8 @@ from typing import Any, Final
 import torch
 from PIL import Image
 
+from bench.load import payloads as synthetic_payloads
 from model_store.loading import LoadedModel
-from model_store.synthetic import COLOR_CLASSES, block_garment
 from service.backend import DeviceOutOfMemoryError, PreparedImage
 from service.decoding.decoders import Decoded, Decoder, DecodingMode
 from service.engine import FlorenceEngine
@@ -46,18 +45,6 @@ CONSTRAINED_MAX_NEW_TOKENS: Final = 256
 KNEE_FRACTION: Final = 0.9
 
 Row = dict[str, Any]
-
-
-def synthetic_jpegs(count: int, *, size: int = 256, seed: int = 42) -> list[bytes]:
-    """Garment-like JPEGs cycling through the demo model's colour classes."""
-    rng = random.Random(seed)
-    colors = list(COLOR_CLASSES)
-    payloads = []
-    for index in range(count):
-        buffer = io.BytesIO()
-        block_garment(colors[index % len(colors)], rng, size=size).save(buffer, "JPEG", quality=90)
-        payloads.append(buffer.getvalue())
-    return payloads
 
 
 class PassCounter:
@@ -290,6 +277,14 @@ def offline_sweep(
     )
 
 
+def img_s_at(rows: Sequence[Row], mode: DecodingMode, batch_size: int | None) -> float | None:
+    """The measured images/s at (mode, batch size); None if that point did not run."""
+    for row in rows:
+        if row["mode"] == mode.value and row["batch_size"] == batch_size:
+            return float(row["img_s"]) if row.get("img_s") else None
+    return None
+
+
 def knee(rows: Sequence[Row], fraction: float = KNEE_FRACTION) -> dict[str, int]:
     """Per mode, the smallest batch size reaching ``fraction`` of the mode's best img/s:
     larger batches buy little throughput and cost latency and memory."""
@@ -382,7 +377,7 @@ def main() -> int:
             args.model_dir = prepare_model(Path(work))
         started = time.perf_counter()
         rows = offline_sweep(
-            args.model_dir, synthetic_jpegs(args.images),
+            args.model_dir, synthetic_payloads(args.images),
             batch_sizes=sizes, modes=modes, device=args.device,
             images_per_point=args.images_per_point, time_budget_s=args.time_budget_s,
             sweep_budget_s=args.sweep_budget_s, max_new_tokens=args.max_new_tokens,

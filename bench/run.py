@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import io
 import json
-import random
 import tempfile
 import time
 from collections.abc import Iterator
@@ -31,30 +28,18 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench import report
-from bench.offline import knee, machine_line, markdown_table, offline_sweep
-from bench.serving import WAIT_POLICY_MS, service_suite
-from model_store.synthetic import COLOR_CLASSES, block_garment
-from service.decoding.decoders import DecodingMode
+from bench.load import payloads
+from bench.offline import img_s_at, knee, machine_line, markdown_table, offline_sweep
+from bench.preprocess import preprocessing_per_core
+from bench.serving import SERVICE_MODE, WAIT_POLICY_MS, service_suite
+from service.settings import Settings
 
-__all__ = ["main", "prepare_model", "service_suite"]
+__all__ = ["main", "prepare_model"]
 
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 #: The service's defaults, which the offline reference must match.
-SERVICE_MODE: Final = DecodingMode.JUMP_FORWARD
-SERVICE_MAX_BATCH: Final = 16
+SERVICE_MAX_BATCH: Final = Settings.model_construct().max_batch_size
 BATCH_SIZES: Final = (1, 4, 16, 32, 64)
-
-
-def payloads(count: int, size: int = 256) -> list[bytes]:
-    """Synthetic garments as JPEG uploads, every colour class in turn."""
-    rng = random.Random(42)
-    colors = list(COLOR_CLASSES)
-    out = []
-    for index in range(count):
-        buffer = io.BytesIO()
-        block_garment(colors[index % len(colors)], rng, size=size).save(buffer, "JPEG", quality=90)
-        out.append(buffer.getvalue())
-    return out
 
 
 def prepare_model(work: Path) -> Path:
@@ -67,9 +52,7 @@ def prepare_model(work: Path) -> Path:
 
 
 def preprocessing(quick: bool) -> list[dict[str, Any]]:
-    module = importlib.import_module("bench.preprocess")
-    rows: list[dict[str, Any]] = module.preprocessing_per_core(quick=quick, cuda_path=True)
-    return rows
+    return preprocessing_per_core(quick=quick, cuda_path=True)
 
 
 def service_threads() -> int:
@@ -94,10 +77,11 @@ def torch_threads(count: int) -> Iterator[None]:
 
 
 def offline_reference(rows: list[dict[str, Any]]) -> float:
-    for row in rows:
-        if row["mode"] == SERVICE_MODE.value and row["batch_size"] == SERVICE_MAX_BATCH:
-            return float(row["img_s"])
-    raise RuntimeError("the offline sweep has no point at the service's mode and batch size")
+    """The offline figure the service is held to: its mode at its max batch size."""
+    measured = img_s_at(rows, SERVICE_MODE, SERVICE_MAX_BATCH)
+    if measured is None:
+        raise RuntimeError("the offline sweep has no point at the service's mode and batch size")
+    return measured
 
 
 def render(result: dict[str, Any]) -> str:

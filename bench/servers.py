@@ -177,15 +177,28 @@ def peak_rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
 
 
-def scrape_mean_batch(base_url: str) -> float:
-    """Mean engine batch size our service formed, from its own /metrics (0 before any)."""
+#: The service's counters that one measured point reads before and after itself.
+ENGINE_COUNTERS: Final = (
+    "ff_batch_size_sum",
+    "ff_batch_size_count",
+    "ff_inference_duration_seconds_sum",
+)
+
+
+def engine_counters(base_url: str) -> dict[str, float]:
+    """Batch size (sum, count) and engine seconds so far, from our service's /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(f"{base_url}/metrics", timeout=10, trust_env=False).text
-    values = {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name in {"ff_batch_size_sum", "ff_batch_size_count"}
-    }
-    return values.get("ff_batch_size_sum", 0.0) / max(values.get("ff_batch_size_count", 0.0), 1.0)
+    values = dict.fromkeys(ENGINE_COUNTERS, 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in values:
+                values[sample.name] = sample.value
+    return values
+
+
+def scrape_mean_batch(base_url: str) -> float:
+    """Mean engine batch size our service formed so far (0 before any batch)."""
+    counters = engine_counters(base_url)
+    return counters["ff_batch_size_sum"] / max(counters["ff_batch_size_count"], 1.0)

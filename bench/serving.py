@@ -26,11 +26,21 @@ from typing import Any, Final
 import httpx
 
 from bench.baselines import measure, spawn_bare, spawn_instant, spawn_paper_demo
-from bench.load import raw_open_loop, summary
-from bench.servers import ServerHandle, peak_rss_bytes, spawn_service
+from bench.load import open_loop, summary
+from bench.servers import (
+    ENGINE_COUNTERS,
+    ServerHandle,
+    engine_counters,
+    peak_rss_bytes,
+    spawn_service,
+)
+from service.engine import decoding_mode
+from service.settings import Settings
 
 Row = dict[str, Any]
 
+#: The service's default decoding mode: what its offline reference must use too.
+SERVICE_MODE: Final = decoding_mode(Settings.model_construct())
 #: The policy ``wait`` is measured with this wait (the setting's default).
 WAIT_POLICY_MS: Final = 5.0
 #: The paper demo's beam count.
@@ -54,22 +64,6 @@ class SuitePlan:
         return cls((1, 8), (1, 8), (0.5,), 3.0, 300, 8, (1, 8))
 
 
-_COUNTERS: Final = ("ff_batch_size_sum", "ff_batch_size_count", "ff_inference_duration_seconds_sum")
-
-
-def engine_counters(base_url: str) -> dict[str, float]:
-    """Batch size (sum, count) and engine seconds, for one measured point's deltas."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"{base_url}/metrics", timeout=10, trust_env=False).text
-    values = dict.fromkeys(_COUNTERS, 0.0)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in values:
-                values[sample.name] = sample.value
-    return values
-
-
 def measure_ours(
     server: ServerHandle, payloads: list[bytes], concurrency: int, plan: SuitePlan
 ) -> Row:
@@ -78,7 +72,7 @@ def measure_ours(
     before = engine_counters(server.base_url)
     row = measure(server.base_url, payloads, concurrency, plan.max_requests, plan.point_s)
     after = engine_counters(server.base_url)
-    delta = {name: after[name] - before[name] for name in _COUNTERS}
+    delta = {name: after[name] - before[name] for name in ENGINE_COUNTERS}
     batches = delta["ff_batch_size_count"]
     row["mean_batch"] = delta["ff_batch_size_sum"] / batches if batches else 0.0
     row["engine_busy"] = delta["ff_inference_duration_seconds_sum"] / max(row["wall_s"], 1e-9)
@@ -86,7 +80,7 @@ def measure_ours(
 
 
 def open_point(base_url: str, payloads: list[bytes], rate: float, seconds: float) -> Row:
-    tally = asyncio.run(raw_open_loop(base_url, payloads, rate, int(rate * seconds) + 1, seconds))
+    tally = asyncio.run(open_loop(base_url, payloads, rate, int(rate * seconds) + 1, seconds))
     return {"rate_per_s": rate, **summary(tally)}
 
 

@@ -249,7 +249,7 @@ def cpu_threads_for_model(configured: int, device: torch.device) -> int | None:
     """How many intra-op threads torch should use, or None to leave torch's choice.
 
     On CPU the model shares the cores with HTTP, decoding and preprocessing. Measured on
-    2 cores (docs/BENCHMARKS.md), the service served about 40% more images/s with one
+    2 cores (docs/BENCHMARKS.md), the service served 36% more images/s with one
     torch thread than with torch's default of one per core, while the engine alone was
     faster with two: a model that takes every core starves the work that feeds it.
     """

@@ -44,6 +44,7 @@ class PlainTransform:
         self._scale = np.float32(scale)
         self._mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
         self._std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+        self._device_stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def from_processor(cls, processor: Any) -> PlainTransform | None:
@@ -82,11 +83,18 @@ class PlainTransform:
         The arithmetic runs in float32 on the batch's device, so the values match the CPU
         path before the single cast to the model's dtype.
         """
-        device = batch.device
-        mean = torch.from_numpy(self._mean).to(device)
-        std = torch.from_numpy(self._std).to(device)
+        mean, std = self._stats_on(batch.device)
         pixels = batch.permute(0, 3, 1, 2).to(torch.float32) * float(self._scale)
         return ((pixels - mean) / std).to(dtype).contiguous(memory_format=torch.contiguous_format)
+
+    def _stats_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # Uploaded once per device, not once per batch (only the engine thread calls this).
+        if device not in self._device_stats:
+            self._device_stats[device] = (
+                torch.from_numpy(self._mean).to(device),
+                torch.from_numpy(self._std).to(device),
+            )
+        return self._device_stats[device]
 
 
 class DeviceStager:

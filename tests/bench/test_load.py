@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from bench.baselines import spawn_bare
-from bench.load import payloads, raw_closed_loop, raw_open_loop
+from bench.load import closed_loop, open_loop, payloads
 from bench.rawhttp import RawConnection, encode_upload
 
 pytestmark = pytest.mark.load
@@ -85,7 +85,7 @@ async def test_a_connection_the_server_closed_is_reopened_once() -> None:
 
 async def test_a_response_without_length_is_a_transport_error_not_a_hang() -> None:
     async with scripted_server(lambda _n: b"HTTP/1.1 200 OK\r\n\r\nbody") as base:
-        tally = await raw_closed_loop(base, [b"x"], 2, 4, 10.0, request_timeout_s=5.0)
+        tally = await closed_loop(base, [b"x"], 2, 4, 10.0, request_timeout_s=5.0)
     assert tally.sent == 4
     assert tally.transport_errors == 4
     assert tally.answered == 0
@@ -99,7 +99,7 @@ async def test_closed_loop_accounts_for_every_request() -> None:
         return b"HTTP/1.1 503 Busy\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 
     async with scripted_server(alternate) as base:
-        tally = await raw_closed_loop(base, [b"a", b"b"], 3, 30, 10.0)
+        tally = await closed_loop(base, [b"a", b"b"], 3, 30, 10.0)
     assert tally.sent == tally.answered == 30
     assert tally.by_status[200] == tally.by_status[503] == 15
     assert tally.by_code == {"queue_full": 15}
@@ -108,13 +108,13 @@ async def test_closed_loop_accounts_for_every_request() -> None:
 
 async def test_open_loop_keeps_its_schedule_and_answers_all() -> None:
     async with scripted_server(_ok) as base:
-        tally = await raw_open_loop(base, [b"a"], rate=200.0, requests=100, limit_s=10.0)
+        tally = await open_loop(base, [b"a"], rate=200.0, requests=100, limit_s=10.0)
     assert tally.sent == tally.answered == 100
     assert 0.45 <= tally.wall_s < 5.0  # 100 requests at 200/s start over ~0.5 s
 
 
-def test_raw_loop_against_real_uvicorn() -> None:
+def test_closed_loop_against_real_uvicorn() -> None:
     with spawn_bare() as handle:
-        tally = asyncio.run(raw_closed_loop(handle.base_url, payloads(4), 4, 40, 20.0))
+        tally = asyncio.run(closed_loop(handle.base_url, payloads(4), 4, 40, 20.0))
     assert tally.sent == tally.by_status[200] == 40
     assert tally.transport_errors == 0

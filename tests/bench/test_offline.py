@@ -9,6 +9,7 @@ from typing import Any, cast
 import pytest
 from PIL import Image
 
+from bench.load import payloads
 from bench.offline import (
     ALL_MODES,
     engines_for,
@@ -18,7 +19,6 @@ from bench.offline import (
     offline_sweep,
     prepare_images,
     sweep_engines,
-    synthetic_jpegs,
 )
 from service.backend import DeviceOutOfMemoryError, ItemOutcome, ModelInfo
 from service.decoding.decoders import DecodingMode
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 def test_sweep_reports_every_mode_and_batch_size(demo_model_dir: Path) -> None:
     rows = offline_sweep(
         demo_model_dir,
-        synthetic_jpegs(3, size=64),
+        payloads(3, size=64),
         batch_sizes=(1, 2),
         modes=ALL_MODES,
         device="cpu",

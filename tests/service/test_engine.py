@@ -311,9 +311,8 @@ def test_load_engine_for_a_trained_model(
     assert info.revision == sha256_file(trained_model_dir / "model.safetensors")[:12]
 
 
-def test_demo_model_is_built_once_and_reused(tmp_path: Path) -> None:
-    directory = tmp_path / "cache" / "demo-model"
-    settings = Settings(
+def demo_cache_settings(directory: Path) -> Settings:
+    return Settings(
         model_path=None,
         demo_model_dir=directory,
         demo_model="random",  # the cache logic; the trained recipe: tests/model_store/test_demo.py
@@ -321,6 +320,11 @@ def test_demo_model_is_built_once_and_reused(tmp_path: Path) -> None:
         max_new_tokens=8,
         constrained_decoding=False,
     )
+
+
+def test_demo_model_is_built_once_and_reused(tmp_path: Path) -> None:
+    directory = tmp_path / "cache" / "demo-model"
+    settings = demo_cache_settings(directory)
     first = load_engine(settings)
     assert first.info.name == "fashion-florence-demo"
     weights = directory / "model.safetensors"
@@ -336,14 +340,7 @@ def test_demo_model_is_built_once_and_reused(tmp_path: Path) -> None:
 
 def test_corrupt_demo_model_is_rebuilt(tmp_path: Path) -> None:
     directory = tmp_path / "demo-model"
-    settings = Settings(
-        model_path=None,
-        demo_model_dir=directory,
-        demo_model="random",  # the cache logic; the trained recipe: tests/model_store/test_demo.py
-        device="cpu",
-        max_new_tokens=8,
-        constrained_decoding=False,
-    )
+    settings = demo_cache_settings(directory)
     load_engine(settings)
     weights = directory / "model.safetensors"
     good = sha256_file(weights)
@@ -437,5 +434,6 @@ def test_torch_threads_leave_cores_for_the_service(monkeypatch: pytest.MonkeyPat
 
 
 def test_load_engine_applies_the_thread_setting(demo_model_dir: Path) -> None:
+    torch.set_num_threads(2)  # so the assertion below can fail on a one-core machine too
     load_engine(Settings(model_path=str(demo_model_dir), device="cpu", torch_threads=1))
     assert torch.get_num_threads() == 1  # the autouse fixture restores it afterwards
