@@ -45,8 +45,9 @@ COPY scripts/install.sh scripts/constraints.txt scripts/
 COPY pyproject.toml README.md ./
 COPY service/ service/
 COPY model_store/ model_store/
+COPY clients/python/ clients/python/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    PYTHON=python3 sh scripts/install.sh /opt/venv . \
+    PYTHON=python3 sh scripts/install.sh /opt/venv ./clients/python . \
     && fashion-florence --help >/dev/null
 
 # ---- models baked in at build time (BAKE_MODEL=none|demo) -----------------------------------

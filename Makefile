@@ -18,9 +18,9 @@ PIP := $(BIN)/python -m pip
 
 # scripts/install.sh is the one install path: the Dockerfile runs it too (same torch step,
 # same pinned versions from scripts/constraints.txt).
-$(STAMP): pyproject.toml scripts/install.sh scripts/constraints.txt
+$(STAMP): pyproject.toml clients/python/pyproject.toml scripts/install.sh scripts/constraints.txt
 	PYTHON="$(PYTHON)" TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX_URL="$(TORCH_INDEX_URL)" \
-		sh scripts/install.sh $(VENV) -e ".[dev]"
+		sh scripts/install.sh $(VENV) -e ./clients/python -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -39,6 +39,7 @@ from typing import Any, Final
 
 import numpy as np
 import uvicorn
+from fashion_florence_client.schema import FashionAttributes
 from fastapi import FastAPI, File, UploadFile
 from fastapi.responses import JSONResponse
 from PIL import Image
@@ -46,7 +47,6 @@ from pydantic import ValidationError
 
 from bench.load import closed_loop, percentile_ms
 from bench.servers import LOOPBACK, ServerHandle, free_port, spawn
-from model_store.schema import FashionAttributes
 from service.backend import ItemOutcome, ModelInfo, PreparedImage
 from service.settings import Settings
 
@@ -132,7 +132,7 @@ class PaperDemo:
 
     def load(self) -> None:
         from model_store.loading import load_model
-        from service.engine import resolve_device, resolve_dtype
+        from service.inference.engine import resolve_device, resolve_dtype
 
         device = resolve_device(self._device_name)
         dtype = resolve_dtype("auto", device)
@@ -247,7 +247,7 @@ class InstantBackend:
 
 
 def _run_uvicorn(app: FastAPI, port: int, log_level: str) -> None:
-    # The options of service.server.build_server, so only the app differs.
+    # The options of service.http.server.build_server, so only the app differs.
     config = uvicorn.Config(
         app,
         host=LOOPBACK,
@@ -262,9 +262,9 @@ def _run_uvicorn(app: FastAPI, port: int, log_level: str) -> None:
 
 def serve_instant(port: int, image_size: int, log_level: str) -> None:
     """Our real server path; other settings come from FF_* as for the service."""
-    from service.app import create_app
-    from service.logs import configure_logging
-    from service.server import build_server
+    from service.http.app import create_app
+    from service.http.server import build_server
+    from service.telemetry.logs import configure_logging
 
     # log_level is one of LOG_LEVELS (argparse checked it), which mypy cannot see.
     settings = Settings(host=LOOPBACK, port=port, log_level=log_level, cache_enabled=False)  # type: ignore[arg-type]

@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-
-from model_store.schema import (
+from fashion_florence_client.schema import (
     CATEGORIES,
     COLORS,
     MATERIALS,
@@ -40,11 +39,12 @@ from model_store.schema import (
     STYLE_TAGS,
     FashionAttributes,
 )
+
 from model_store.synthetic import COLOR_CLASSES, block_garment
-from service.decoding.constrained import RowMatchers, masked_scores
-from service.decoding.florence import EncoderState
-from service.decoding.grammar import SchemaGrammar, compile_schema_grammar
-from service.decoding.jump_forward import JumpForwardDecoder
+from service.inference.decoding.constrained import RowMatchers, masked_scores
+from service.inference.decoding.florence import EncoderState
+from service.inference.decoding.grammar import SchemaGrammar, compile_schema_grammar
+from service.inference.decoding.jump_forward import JumpForwardDecoder
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BATCHES = (1, 16, 64)
@@ -177,7 +177,7 @@ def mask_overhead(grammar: SchemaGrammar, tokenizer: Any, batch: int) -> float:
 def decoder_step_ms(model_dir: Path, batch: int) -> float:
     """One demo-model decoder step (one token per row, ~30 cached) for scale."""
     from model_store.loading import load_model
-    from service.decoding.florence import Florence2Stepper
+    from service.inference.decoding.florence import Florence2Stepper
 
     loaded = load_model(str(model_dir))
     stepper = Florence2Stepper(loaded.model)
@@ -216,8 +216,8 @@ class ModeRun:
 
 def throughput(model_dir: Path, images: int, repeats: int) -> list[ModeRun]:
     from model_store.loading import load_model
-    from service.decoding.decoders import DecodingMode
-    from service.engine import FlorenceEngine
+    from service.inference.decoding.decoders import DecodingMode
+    from service.inference.engine import FlorenceEngine
 
     rng = random.Random(42)
     pictures = [block_garment(c, rng) for c in list(COLOR_CLASSES) * (images // 3 + 1)][:images]
@@ -267,7 +267,7 @@ def main() -> None:
     demo_tokenizer = load_model(str(model_dir)).processor.tokenizer
     tokenizers: dict[str, Any] = {"demo": demo_tokenizer}
     if args.gpt2_ranks is not None:
-        from service.decoding.bart_vocab import bart_tokenizer
+        from service.inference.decoding.bart_vocab import bart_tokenizer
 
         tokenizers["bart"] = bart_tokenizer(args.gpt2_ranks)
     targets = random_targets(args.targets)

@@ -101,7 +101,7 @@ def _counted(work: Callable[[], Any]) -> tuple[int, Any]:
 @torch.inference_mode()
 def profile_model(model: Any, processor: Any, prompt: str, *, steps: int) -> FlopProfile:
     """Count one image through ``model`` (any device/dtype: counts depend on shapes only)."""
-    from service.decoding.florence import Florence2Stepper
+    from service.inference.decoding.florence import Florence2Stepper
 
     first = next(model.parameters())
     size = int(processor.image_processor.size["height"])
@@ -129,7 +129,7 @@ def profile_model(model: Any, processor: Any, prompt: str, *, steps: int) -> Flo
 def profile_directory(model_dir: Path, *, steps: int, device: str = "cpu") -> FlopProfile:
     """Load ``model_dir`` (no checksum pass: counting trusts the bytes) and profile it."""
     from model_store.loading import load_model
-    from service.engine import resolve_device, resolve_dtype
+    from service.inference.engine import resolve_device, resolve_dtype
 
     target = resolve_device(device)
     loaded = load_model(

@@ -55,7 +55,7 @@ from bench.offline import (
 )
 from bench.report import service_section
 from bench.serving import SERVICE_MODE, WAIT_POLICY_MS, service_suite
-from service.decoding.decoders import DecodingMode
+from service.inference.decoding.decoders import DecodingMode
 
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 DEFAULT_CACHE: Final = Path.home() / ".cache" / "fashion-florence" / "bench"

@@ -12,7 +12,7 @@ set -eu
 cd "$(dirname "$0")/.."
 venv=${VENV:-.venv}
 
-if ! "$venv/bin/python" -c "import torch, transformers, xgrammar, service.engine" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import torch, transformers, xgrammar, service.inference.engine" 2>/dev/null; then
     if command -v make >/dev/null 2>&1; then
         make install VENV="$venv"
     else

@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 from PIL import Image, ImageChops
 
-from service.engine import PlainTransform
+from service.inference.engine import PlainTransform
 from service.intake import ImageFetcher, decode_image
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -34,8 +34,8 @@ from PIL import Image
 from bench.load import payloads as synthetic_payloads
 from model_store.loading import LoadedModel
 from service.backend import DeviceOutOfMemoryError, PreparedImage
-from service.decoding.decoders import Decoded, Decoder, DecodingMode
-from service.engine import FlorenceEngine
+from service.inference.decoding.decoders import Decoded, Decoder, DecodingMode
+from service.inference.engine import FlorenceEngine
 
 DEFAULT_BATCH_SIZES: Final = (1, 2, 4, 8, 16, 32, 64)
 ALL_MODES: Final = tuple(DecodingMode)
@@ -81,7 +81,7 @@ def count_passes(engine: FlorenceEngine) -> PassCounter | None:
 def load(model_dir: Path, *, device: str = "auto", verify_checksums: bool = True) -> LoadedModel:
     """Load ``model_dir`` on ``device`` in the engine's default dtype (bf16 on CUDA)."""
     from model_store.loading import load_model
-    from service.engine import resolve_device, resolve_dtype
+    from service.inference.engine import resolve_device, resolve_dtype
 
     target = resolve_device(device)
     return load_model(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import torch
+from fashion_florence_client.schema import FashionAttributes
 
 from model_store.data.dataset import Record
 from model_store.demo import DemoRecipe, build_trained_demo
@@ -32,7 +33,6 @@ from model_store.evaluation import evaluate_model
 from model_store.evaluation.metrics import parse_output
 from model_store.evaluation.predict import predict_records
 from model_store.loading import load_model
-from model_store.schema import FashionAttributes
 from model_store.training.loop import HEADLINE_METRICS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -33,7 +33,7 @@ from typing import Any, Final
 from PIL import Image
 
 from bench.intake import MEAN, PHOTOS, STD, photo_jpeg
-from service.engine import PlainTransform
+from service.inference.engine import PlainTransform
 from service.intake import decode_image
 from service.settings import Settings
 

@@ -59,7 +59,7 @@ def service_threads() -> int:
     """The torch threads the spawned service gives its model (FF_TORCH_THREADS unset)."""
     import torch
 
-    from service.engine import cpu_threads_for_model
+    from service.inference.engine import cpu_threads_for_model
 
     return cpu_threads_for_model(0, torch.device("cpu")) or torch.get_num_threads()
 

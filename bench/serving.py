@@ -34,7 +34,7 @@ from bench.servers import (
     peak_rss_bytes,
     spawn_service,
 )
-from service.engine import decoding_mode
+from service.inference.engine import decoding_mode
 from service.settings import Settings
 
 Row = dict[str, Any]

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import torch
+from fashion_florence_client.schema import CATEGORIES, COLORS, MATERIALS, Category, Color
 from transformers import Florence2ForConditionalGeneration, Florence2Processor
 
 from model_store.build import build_model
@@ -45,7 +46,6 @@ from model_store.evaluation.predict import open_rgb
 from model_store.loading import load_model, save_model
 from model_store.manifest import ModelManifest
 from model_store.merge import write_merged
-from model_store.schema import CATEGORIES, COLORS, MATERIALS, Category, Color
 from model_store.training.config import TrainConfig
 from model_store.training.loop import train
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from fashion_florence_client.schema import SCHEMA_VERSION
 from transformers import Florence2ForConditionalGeneration, Florence2Processor
 
 from model_store.manifest import (
@@ -20,7 +21,6 @@ from model_store.manifest import (
     verify_directory,
 )
 from model_store.merge import AdapterError, merge_adapter
-from model_store.schema import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 

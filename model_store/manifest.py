@@ -14,9 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+from fashion_florence_client.schema import SCHEMA_VERSION
 from pydantic import BaseModel, ConfigDict, Field
-
-from model_store.schema import SCHEMA_VERSION
 
 MANIFEST_NAME: Final = "model_manifest.json"
 WEIGHT_SUFFIXES: Final = (".safetensors",)

@@ -10,21 +10,28 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import RobertaTokenizer
-
-from model_store.schema import (
+from fashion_florence_client.schema import (
     CATEGORIES,
     COLORS,
+    FIELD_ORDER,
     MATERIALS,
     OCCASION_TAGS,
     STYLE_TAGS,
     FashionAttributes,
-    schema_vocabulary,
 )
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import RobertaTokenizer
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]
 IMAGE_TOKEN = "<image>"
+
+
+def schema_vocabulary() -> list[str]:
+    """Every literal string the schema can emit, for tokenizer training and tests."""
+    words: list[str] = list(FIELD_ORDER)
+    for values in (CATEGORIES, COLORS, MATERIALS, STYLE_TAGS, OCCASION_TAGS):
+        words.extend(values)
+    return words
 
 
 def _corpus(prompt: str) -> Iterator[str]:

@@ -1,7 +1,7 @@
 """The typed boundary between the service and a model.
 
 ``service`` talks to a model only through :class:`InferenceBackend`. The real
-implementation is :class:`service.engine.FlorenceEngine`; tests swap in fakes so the HTTP
+implementation is :class:`service.inference.engine.FlorenceEngine`; tests swap in fakes so the HTTP
 and batching suites stay fast. Nothing here imports torch.
 """
 
@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
 
+from fashion_florence_client.schema import AttributeConfidence, FashionAttributes
 from PIL import Image
-
-from model_store.schema import FashionAttributes
-from service.decoding.confidence import AttributeConfidence
 
 #: One image as the backend's ``preprocess`` left it, opaque to the service: it is only
 #: handed back to the same backend's ``run_batch``. (The Florence engine uses a float32
@@ -32,14 +31,22 @@ class ModelInfo:
     manifest: Mapping[str, Any] = field(default_factory=dict)
 
 
+class ItemFailure(StrEnum):
+    """Why one image got no attributes. What happened, not an API code: the serving layer
+    (``service.core.extraction``) maps each to its public problem code."""
+
+    INVALID_OUTPUT = "invalid_output"  # the model answered, but not schema-valid JSON
+    OUT_OF_MEMORY = "out_of_memory"  # the image did not fit in device memory even alone
+
+
 @dataclass(frozen=True, slots=True)
 class ItemOutcome:
-    """The engine's answer for one image: attributes, or an error code for this item only."""
+    """The engine's answer for one image: attributes, or a failure of this item only."""
 
     text: str
     generated_tokens: int
     attributes: FashionAttributes | None = None
-    error_code: str | None = None
+    failure: ItemFailure | None = None
     error_detail: str | None = None
     #: Per-value confidence (same shape as ``attributes``); constrained decoding only.
     confidence: AttributeConfidence | None = None
@@ -51,7 +58,7 @@ class ItemOutcome:
 
 class DeviceOutOfMemoryError(Exception):
     """The batch did not fit in device memory; the backend has already released what it
-    could. The caller may retry smaller batches (see ``service.extraction``)."""
+    could. The caller may retry smaller batches (see ``service.core.extraction``)."""
 
 
 class DeviceFatalError(Exception):

@@ -162,7 +162,7 @@ async def run_job(
 
 def create_local_app() -> Any:
     """The service itself, settings from FF_* (imported here: only --local needs it)."""
-    from service.app import create_app
+    from service.http.app import create_app
 
     return create_app()
 
@@ -170,7 +170,7 @@ def create_local_app() -> Any:
 @asynccontextmanager
 async def local_client(**options: Any) -> AsyncIterator[AsyncClient]:
     """An in-process service, loaded and warmed, and a client on it."""
-    from service.lifecycle import Phase
+    from service.core.lifecycle import Phase
 
     app = create_local_app()
     async with app.router.lifespan_context(app):

@@ -14,7 +14,7 @@ from service.catalogue import register as register_extract_command
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.server import serve
+    from service.http.server import serve
     from service.settings import Settings
 
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
@@ -23,7 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"invalid configuration (FF_* environment variables):\n{exc}", file=sys.stderr)
         return 2
-    from service.logs import configure_logging
+    from service.telemetry.logs import configure_logging
 
     # Before serve(): its logging.basicConfig() then finds a handler and leaves it be.
     configure_logging(settings.log_format, settings.log_level)

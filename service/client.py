@@ -5,7 +5,7 @@
         result = client.extract("shirt.jpg")           # bytes, a local path, or an http(s) URL
         print(result.attributes.category)
 
-Results are the service's own pydantic models (``service.api.schemas``), so client and
+Results are the service's own pydantic models (``service.http.schemas``), so client and
 server cannot drift. Failures raise one hierarchy, :class:`ServiceCallError`, carrying the
 problem+json ``code``: branch on it, as on the server's. 503 and 504 answers and network
 errors are retried with exponential backoff and jitter, never sooner than the server's
@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
+from fashion_florence_client.problems import Problem
+from fashion_florence_client.protocol import ExtractResponse, ModelResponse
 from pydantic import ValidationError
-
-from service.api.schemas import ExtractResponse, ModelResponse, Problem
 
 #: Bytes are an image; a string starting with http(s):// is a URL; anything else a path.
 ImageInput = bytes | str | os.PathLike[str]

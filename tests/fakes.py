@@ -7,10 +7,10 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+from fashion_florence_client.schema import FashionAttributes
 from PIL import Image
 
-from model_store.schema import FashionAttributes
-from service.backend import ItemOutcome, ModelInfo, PreparedImage
+from service.backend import ItemFailure, ItemOutcome, ModelInfo, PreparedImage
 
 GOOD = FashionAttributes(
     category="top",
@@ -73,7 +73,7 @@ class FakeBackend:
         red = float(image[0].mean())
         if red > self.bad_red_above:
             return ItemOutcome(
-                "{oops", 3, error_code="invalid_model_output", error_detail="not JSON"
+                "{oops", 3, failure=ItemFailure.INVALID_OUTPUT, error_detail="not JSON"
             )
         color = "red" if red > 0.5 else "blue"
         attributes = GOOD.model_copy(update={"primary_color": color})

@@ -49,8 +49,8 @@ class FaultBackend(FakeBackend):
 
 
 def main() -> None:
-    from service.app import create_app
-    from service.server import build_server
+    from service.http.app import create_app
+    from service.http.server import build_server
     from service.settings import Settings
 
     parser = argparse.ArgumentParser()

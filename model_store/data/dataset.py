@@ -14,9 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
+from fashion_florence_client.schema import FashionAttributes
 from pydantic import BaseModel, ConfigDict
-
-from model_store.schema import FashionAttributes
 
 SPLITS: Final = ("train", "val", "test")
 REPORT_NAME: Final = "report.json"

@@ -16,9 +16,7 @@ from functools import cache
 from importlib import resources
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict
-
-from model_store.schema import (
+from fashion_florence_client.schema import (
     MAX_TAGS,
     OCCASION_TAGS,
     STYLE_TAGS,
@@ -29,6 +27,7 @@ from model_store.schema import (
     OccasionTag,
     StyleTag,
 )
+from pydantic import BaseModel, ConfigDict
 
 RULES_FILE: Final = "collapse_rules.json"
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fashion_florence_client.schema import SCHEMA_VERSION
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 
@@ -36,7 +37,6 @@ from model_store.evaluation.predict import predict_records
 from model_store.loading import LoadedModel, load_model, save_model
 from model_store.manifest import TrainingManifest, created_at_now, sha256_file
 from model_store.merge import ADAPTER_WEIGHTS, LORA_PRESETS, lora_config
-from model_store.schema import SCHEMA_VERSION
 from model_store.train import encode_batch
 from model_store.training.batches import (
     Examples,

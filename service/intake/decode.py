@@ -31,9 +31,10 @@ import warnings
 import zlib
 from typing import Final
 
+from fashion_florence_client.problems import ErrorCode
 from PIL import Image
 
-from service.errors import ErrorCode, ServiceError
+from service.errors import ServiceError
 
 __all__ = [
     "DEFAULT_MAX_FRAMES",

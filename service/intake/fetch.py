@@ -33,8 +33,9 @@ from typing import Final, Self
 
 import httpcore
 import httpx
+from fashion_florence_client.problems import ErrorCode
 
-from service.errors import ErrorCode, ServiceError
+from service.errors import ServiceError
 from service.intake.addresses import AddressPolicy, IPAddress, parse_ip
 from service.intake.pinning import (
     PinnedNetworkBackend,

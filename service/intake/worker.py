@@ -17,7 +17,9 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, Final, TypeVar
 
-from service.errors import ErrorCode, ServiceError
+from fashion_florence_client.problems import ErrorCode
+
+from service.errors import ServiceError
 
 __all__ = ["run_with_budget"]
 

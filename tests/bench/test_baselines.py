@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fashion_florence_client.schema import FashionAttributes
 from PIL import Image
 
 from bench.baselines import (
@@ -22,7 +23,6 @@ from bench.baselines import (
 )
 from bench.load import payloads
 from bench.servers import ServerHandle, peak_rss_bytes, scrape_mean_batch, spawn_service
-from model_store.schema import FashionAttributes
 from service.backend import InferenceBackend
 
 pytestmark = pytest.mark.load

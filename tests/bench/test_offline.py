@@ -21,8 +21,8 @@ from bench.offline import (
     sweep_engines,
 )
 from service.backend import DeviceOutOfMemoryError, ItemOutcome, ModelInfo
-from service.decoding.decoders import DecodingMode
-from service.engine import FlorenceEngine
+from service.inference.decoding.decoders import DecodingMode
+from service.inference.engine import FlorenceEngine
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def test_sweep_reports_every_mode_and_batch_size(demo_model_dir: Path) -> None:
         assert row["peak_device_memory_bytes"] is None  # CPU: no device allocator to ask
     jump = next(r for r in rows if r["mode"] == "jump-forward")
     constrained = next(r for r in rows if r["mode"] == "constrained")
-    # Same tokens (the tests of service.decoding hold it to that), fewer decoder passes.
+    # Same tokens (the tests of service.inference.decoding hold it to that), fewer decoder passes.
     assert jump["tokens_per_image"] == constrained["tokens_per_image"]
     assert jump["forward_passes_per_image"] < constrained["forward_passes_per_image"]
     table = markdown_table(rows)

@@ -88,7 +88,7 @@ def exported_names(exposition: str) -> set[str]:
 
 def offline_exposition() -> str:
     """The service's /metrics text from a fresh registry (every family declared)."""
-    from service.metrics import ServiceMetrics
+    from service.telemetry.metrics import ServiceMetrics
 
     return ServiceMetrics().render().decode()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fashion_florence_client.schema import FashionAttributes
 from PIL import Image
 from transformers import (
     BartConfig,
@@ -24,8 +25,7 @@ from model_store.build import (
     build_processor,
 )
 from model_store.manifest import DEFAULT_PROMPT, MANIFEST_NAME, verify_directory
-from model_store.schema import FashionAttributes, schema_vocabulary
-from model_store.tokenizer import train_tokenizer
+from model_store.tokenizer import schema_vocabulary, train_tokenizer
 from service.cli import main as cli_main
 
 EXPECTED_FILES = {

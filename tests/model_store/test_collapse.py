@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fashion_florence_client.schema import FashionAttributes
 from PIL import Image
 
 from model_store.data.build import build_dataset
 from model_store.data.dataset import read_split
 from model_store.data.rules import collapse, load_rules, parse_labels
 from model_store.data.sources import TABLE_COLUMNS, read_imat_json, read_table
-from model_store.schema import FashionAttributes
 from tests.conftest import SHARED_DATA
 
 IMAT = SHARED_DATA / "imaterialist"

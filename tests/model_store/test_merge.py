@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fashion_florence_client.schema import FashionAttributes
 from peft import PeftModel, get_peft_model
 from PIL import Image
 from transformers import Florence2ForConditionalGeneration
@@ -22,7 +23,6 @@ from model_store.merge import (
     merge_adapter,
     write_merged,
 )
-from model_store.schema import FashionAttributes
 from tests.conftest import photo_paths
 
 # peft 0.21 still calls the deprecated transformers 5 name; not our code.

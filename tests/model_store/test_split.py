@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from fashion_florence_client.schema import FashionAttributes
 
 from model_store.data.build import SplitConfig, build_dataset
 from model_store.data.dataset import SPLITS, Record, read_split, write_jsonl
@@ -20,7 +21,6 @@ from model_store.data.synthesize import (
     MISSING_EVERY,
     write_synthetic_source,
 )
-from model_store.schema import FashionAttributes
 from service.cli import main as cli_main
 
 TARGET = FashionAttributes(

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from service import catalogue
-from service.app import create_app
 from service.cli import main
 from service.client import AsyncClient
+from service.http.app import create_app
 from tests.conftest import PHOTOS, REPO_ROOT
 from tests.fakes import FakeBackend
 from tests.service.test_client import _no_ff_environment, live_service, settings

@@ -16,11 +16,10 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from fashion_florence_client.protocol import ExtractResponse
 from fastapi import FastAPI
 from PIL import Image
 
-from service.api.schemas import ExtractResponse
-from service.app import create_app
 from service.backend import ItemOutcome, PreparedImage
 from service.client import (
     AsyncClient,
@@ -34,6 +33,7 @@ from service.client import (
     ServiceCallError,
     parse_retry_after,
 )
+from service.http.app import create_app
 from service.settings import Settings
 from tests.fakes import FakeBackend
 

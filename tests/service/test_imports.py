@@ -11,17 +11,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 HEAVY = ("torch", "transformers")
 LIGHT_MODULES = (
-    "service.app",
-    "service.api.extract",
-    "service.api.ops",
-    "service.batching",
-    "service.extraction",
-    "service.lifecycle",
+    "service.http.app",
+    "service.http.extract",
+    "service.http.ops",
+    "service.core.batching",
+    "service.core.extraction",
+    "service.core.lifecycle",
     "service.client",
     "service.catalogue",
-    "service.cache",
-    "service.logs",
-    "service.observability",
+    "service.core.cache",
+    "service.telemetry.logs",
+    "service.telemetry.tracing",
 )
 
 _PROBE = """
@@ -32,7 +32,7 @@ import importlib
 for name in mods:
     importlib.import_module(name)
 loaded_before_app = sorted(h for h in heavy if h in sys.modules)
-from service.app import create_app
+from service.http.app import create_app
 from tests.fakes import FakeBackend
 create_app(backend=FakeBackend())
 print(json.dumps({

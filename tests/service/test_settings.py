@@ -119,9 +119,9 @@ def test_cli_serve_with_invalid_configuration_exits_2(
     argv: list[str],
     mentions: str,
 ) -> None:
-    import service.server
+    import service.http.server
 
-    monkeypatch.setattr(service.server, "serve", _no_server)
+    monkeypatch.setattr(service.http.server, "serve", _no_server)
     for name, raw in env.items():
         monkeypatch.setenv(name, raw)
     assert main(argv) == 2
@@ -136,10 +136,10 @@ def test_cli_serve_with_valid_configuration_starts_the_server(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The counterpart of the exit-2 tests: the same path does reach serve() when valid.
-    import service.server
+    import service.http.server
 
     started: list[Settings] = []
-    monkeypatch.setattr(service.server, "serve", started.append)
+    monkeypatch.setattr(service.http.server, "serve", started.append)
     monkeypatch.setenv("FF_MAX_BATCH_SIZE", "3")
     assert main(["serve", "--port", "8123"]) == 0
     assert [(s.max_batch_size, s.port) for s in started] == [(3, 8123)]

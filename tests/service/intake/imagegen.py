@@ -9,9 +9,10 @@ import zlib
 from pathlib import Path
 
 import pytest
+from fashion_florence_client.problems import ErrorCode
 from PIL import Image
 
-from service.errors import ErrorCode, ServiceError
+from service.errors import ServiceError
 from service.intake import decode_image
 
 REPO_ROOT = Path(__file__).resolve().parents[3]

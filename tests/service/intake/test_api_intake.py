@@ -10,7 +10,7 @@ from PIL import Image
 
 from service.backend import PreparedImage
 from tests.fakes import FakeBackend
-from tests.service.api.conftest import RED, assert_problem, make_settings, serve
+from tests.service.http.conftest import RED, assert_problem, make_settings, serve
 from tests.service.intake.netfakes import LocalServer, local_server
 
 

@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 import pytest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.middleware import BodyLimitMiddleware
-from service.metrics import ServiceMetrics
+from service.http.middleware import BodyLimitMiddleware
+from service.telemetry.metrics import ServiceMetrics
 
 LIMIT = 1000
 

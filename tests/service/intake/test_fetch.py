@@ -15,9 +15,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from fashion_florence_client.problems import ErrorCode
 from PIL import Image
 
-from service.errors import ErrorCode, ServiceError
+from service.errors import ServiceError
 from service.intake import ImageFetcher, decode_image, fetcher_from_settings
 from service.settings import Settings
 from tests.service.intake.netfakes import CAP, LocalServer, local_server

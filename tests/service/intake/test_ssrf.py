@@ -16,8 +16,9 @@ from urllib.parse import quote
 
 import httpcore
 import pytest
+from fashion_florence_client.problems import ErrorCode
 
-from service.errors import ErrorCode, ServiceError
+from service.errors import ServiceError
 from service.intake import ImageFetcher
 from service.intake.pinning import PinnedNetworkBackend, pinned
 from tests.service.intake.netfakes import CAP, FakeResolver, LocalServer, RecordingBackend

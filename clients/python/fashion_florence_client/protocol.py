@@ -1,0 +1,87 @@
+"""Request and response bodies of the public API: the server renders them (and its OpenAPI
+schema) from these models, the client parses answers with them, so the two cannot drift."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field
+
+from fashion_florence_client.schema import AttributeConfidence, FashionAttributes
+
+_CONFIDENCE_DOC = (
+    "Per-value confidence in [0, 1], shaped like `attributes`; null when the service runs "
+    "without constrained decoding."
+)
+
+#: Documented shape of an image URL. Enforced by the fetcher (``url_not_allowed``), not by
+#: request validation, so a wrong scheme gets its own stable code rather than a generic 400.
+URL_SCHEMA: dict[str, Any] = {"pattern": "^[hH][tT][tT][pP][sS]?://", "format": "uri"}
+
+
+class UrlRequest(BaseModel):
+    url: str = Field(
+        min_length=1,
+        max_length=8192,
+        description="http(s) URL of the image",
+        json_schema_extra=URL_SCHEMA,
+    )
+
+
+class UrlBatchRequest(BaseModel):
+    urls: list[Annotated[str, Field(max_length=8192, json_schema_extra=URL_SCHEMA)]] = Field(
+        min_length=1, description="http(s) URLs, answered in this order"
+    )
+
+
+class ModelRef(BaseModel):
+    name: str
+    revision: str
+
+
+class TimingMs(BaseModel):
+    queue: float
+    inference: float
+    total: float
+
+
+class ExtractResponse(BaseModel):
+    request_id: str
+    model: ModelRef
+    attributes: FashionAttributes
+    confidence: AttributeConfidence | None = Field(default=None, description=_CONFIDENCE_DOC)
+    timing_ms: TimingMs
+
+
+class ItemError(BaseModel):
+    code: str
+    detail: str
+
+
+class BatchSuccess(BaseModel):
+    attributes: FashionAttributes
+    confidence: AttributeConfidence | None = Field(default=None, description=_CONFIDENCE_DOC)
+
+
+class BatchFailure(BaseModel):
+    error: ItemError
+
+
+class BatchResponse(BaseModel):
+    request_id: str
+    model: ModelRef
+    results: list[BatchSuccess | BatchFailure]
+
+
+class ModelResponse(BaseModel):
+    name: str
+    revision: str
+    device: str
+    dtype: str
+    image_size: int
+    manifest: dict[str, Any]
+
+
+class HealthResponse(BaseModel):
+    status: str
+    detail: str | None = None

@@ -1,0 +1,303 @@
+"""From untrusted bytes or a URL to attributes: decode, preprocess, batch, account.
+
+This is the use-case layer the routes call. It owns the preprocessing thread pool, the
+micro-batcher and the URL fetcher, speaks in :class:`ServiceError` codes and knows
+nothing of HTTP requests or responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Final
+
+from fashion_florence_client.problems import ErrorCode
+from fashion_florence_client.schema import AttributeConfidence, FashionAttributes
+from PIL import Image
+
+from service.backend import (
+    DeviceFatalError,
+    DeviceOutOfMemoryError,
+    InferenceBackend,
+    ItemFailure,
+    ItemOutcome,
+    PreparedImage,
+)
+from service.core.admission import Admission
+from service.core.batching import (
+    BatcherClosedError,
+    DeadlineExceededError,
+    MicroBatcher,
+    QueueFullError,
+)
+from service.core.cache import CacheKey, ResultCache, content_digest
+from service.errors import ServiceError
+from service.intake import ImageFetcher, decode_image, run_with_budget
+from service.settings import Settings
+from service.telemetry.metrics import ServiceMetrics
+from service.telemetry.tracing import Tracer, note_cache_hit, note_inference
+
+
+@dataclass(frozen=True, slots=True)
+class TimedOutcome:
+    outcome: ItemOutcome
+    batch_started: float  # time.perf_counter()
+    batch_finished: float
+    batch_size: int = 1
+
+
+FatalHandler = Callable[[BaseException], None]
+
+#: The public code for each way one image can fail in the engine.
+FAILURE_CODES: Final[Mapping[ItemFailure | None, ErrorCode]] = {
+    ItemFailure.INVALID_OUTPUT: ErrorCode.INVALID_MODEL_OUTPUT,
+    ItemFailure.OUT_OF_MEMORY: ErrorCode.ENGINE_OOM,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Extraction:
+    attributes: FashionAttributes
+    generated_tokens: int
+    queue_ms: float
+    inference_ms: float
+    confidence: AttributeConfidence | None = None
+
+
+class Extractor:
+    def __init__(
+        self,
+        backend: InferenceBackend,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        fetcher: ImageFetcher,
+        on_fatal: FatalHandler | None = None,
+    ) -> None:
+        self._backend = backend
+        self._on_fatal = on_fatal or (lambda _exc: None)
+        self._settings = settings
+        self._metrics = metrics
+        self._fetcher = fetcher
+        self._tracer = Tracer(settings.tracing_enabled)
+        self.cache: ResultCache[Extraction] | None = None
+        if settings.cache_enabled:
+            self.cache = ResultCache(
+                settings.cache_max_entries, settings.cache_max_bytes, metrics.cache
+            )
+        self._pool = ThreadPoolExecutor(
+            settings.preprocess_threads, thread_name_prefix="preprocess"
+        )
+        self.batcher: MicroBatcher[PreparedImage, TimedOutcome] = MicroBatcher(
+            self._run_batch,
+            max_batch_size=settings.max_batch_size,
+            # The batcher runs one batch at a time and forms the next only once the engine
+            # is free, so a zero wait is exactly "dispatch at once when idle".
+            max_wait_ms=settings.max_wait_ms if settings.batch_dispatch == "wait" else 0.0,
+            # Admission (below) is the real bound. The batcher's queue must hold everything
+            # admitted but not running: with idle dispatch the engine may be busy with a
+            # batch of one while the rest of the capacity waits.
+            queue_size=settings.queue_size + settings.max_batch_size,
+            observer=metrics,
+        )
+        # Capacity = the queue plus one batch in the engine: what fits is admitted at once,
+        # anything more is refused before its body is even parsed.
+        self.admission = Admission(
+            settings.queue_size + settings.max_batch_size,
+            self.batcher.retry_after_s,
+            on_change=metrics.in_flight.set,
+            on_reject=lambda reason: metrics.rejections.labels(reason).inc(),
+        )
+
+    async def start(self) -> None:
+        await self.batcher.start()
+
+    async def stop(self) -> None:
+        """Finish everything already accepted, then release the threads."""
+        await self.batcher.stop()
+        await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=False)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new work; wait for everything admitted to be answered."""
+        self.admission.start_draining()
+        return await self.admission.wait_idle(timeout_s)
+
+    def _run_batch(self, images: list[PreparedImage]) -> list[TimedOutcome]:
+        # Runs on the batcher's single engine thread.
+        started = time.perf_counter()
+        try:
+            outcomes = self._run_splitting(images)
+        except DeviceFatalError as exc:
+            self._on_fatal(exc)
+            raise
+        finished = time.perf_counter()
+        return [TimedOutcome(o, started, finished, len(images)) for o in outcomes]
+
+    def _run_splitting(self, images: list[PreparedImage]) -> list[ItemOutcome]:
+        """Run a batch; on device OOM, retry its halves, down to single images."""
+        try:
+            return self._backend.run_batch(images)
+        except DeviceOutOfMemoryError:
+            pass
+        # Recover outside the except block: a live traceback would pin the failed batch's
+        # tensors through its frames and the retry would run out of memory again.
+        self._metrics.oom_splits.inc()
+        if len(images) == 1:
+            detail = "the image did not fit in device memory even alone"
+            return [ItemOutcome("", 0, failure=ItemFailure.OUT_OF_MEMORY, error_detail=detail)]
+        middle = len(images) // 2
+        return self._run_splitting(images[:middle]) + self._run_splitting(images[middle:])
+
+    def _decode_and_prepare(self, data: bytes) -> PreparedImage:
+        image: Image.Image = decode_image(
+            data,
+            max_image_bytes=self._settings.max_image_bytes,
+            max_image_pixels=self._settings.max_image_pixels,
+            max_image_side_px=self._settings.max_image_side_px,
+            max_image_frames=self._settings.max_image_frames,
+            target_size=self._backend.info.image_size,  # large JPEGs decode at reduced scale
+        )
+        return self._backend.preprocess(image)
+
+    async def fetch(self, url: str) -> bytes:
+        return await self._fetcher.fetch(url)
+
+    def deadline_after_ms(self, timeout_ms: float | None) -> float:
+        """A monotonic deadline: the configured default, shortened (never lengthened)."""
+        budget = self._settings.request_timeout_ms
+        if timeout_ms is not None:
+            budget = min(budget, timeout_ms)
+        return time.monotonic() + budget / 1000.0
+
+    async def extract(self, data: bytes | str, deadline: float) -> Extraction:
+        """Fetch (URL) or take bytes, decode and preprocess (thread pool), run through the
+        batcher. The caller must hold an admission slot. Raises ServiceError."""
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                if isinstance(data, str):
+                    with self._tracer.span("fetch"):
+                        data = await self.fetch(data)
+                key = await self._cache_key(data)
+                cached = self._cached(key)
+                if cached is not None:
+                    return cached  # no decode, no queue, no engine
+                with self._tracer.span("decode"):
+                    prepared = await run_with_budget(
+                        self._pool, self._decode_and_prepare, data,
+                        budget_s=self._settings.decode_budget_ms / 1000.0,
+                    )  # fmt: skip
+        except TimeoutError as exc:
+            self._metrics.deadline_drop("intake")
+            raise ServiceError(
+                ErrorCode.DEADLINE_EXCEEDED, "the deadline passed while fetching or decoding"
+            ) from exc
+        result = await self._infer(prepared, deadline)
+        if self.cache is not None and key is not None:
+            self.cache.put(key, result, _estimated_bytes(result))
+        return result
+
+    async def _cache_key(self, data: bytes) -> CacheKey | None:
+        if self.cache is None:
+            return None
+        return CacheKey(await content_digest(data), self._backend.info.revision)
+
+    def _cached(self, key: CacheKey | None) -> Extraction | None:
+        if self.cache is None or key is None:
+            return None
+        hit = self.cache.get(key)
+        if hit is None:
+            return None
+        note_cache_hit()
+        return dataclasses.replace(hit, queue_ms=0.0, inference_ms=0.0)
+
+    async def _infer(self, prepared: PreparedImage, deadline: float) -> Extraction:
+        submitted = time.perf_counter()
+        # Past the deadline an item still queued is dropped by the batcher; one already in
+        # the engine is worth waiting for, but not past a stall (the pod is restarted then).
+        guard_s = max(0.0, deadline - time.monotonic()) + self._settings.engine_stall_timeout_s
+        try:
+            async with asyncio.timeout(guard_s):
+                timed = await self.batcher.submit(prepared, deadline=deadline)
+        except TimeoutError as exc:
+            raise ServiceError(
+                ErrorCode.DEADLINE_EXCEEDED, "the engine did not answer before the deadline"
+            ) from exc
+        except DeadlineExceededError as exc:
+            raise ServiceError(
+                ErrorCode.DEADLINE_EXCEEDED, f"the deadline passed {exc.stage}; not run"
+            ) from exc
+        except QueueFullError as exc:
+            raise ServiceError(
+                ErrorCode.QUEUE_FULL,
+                f"{self._settings.queue_size} images already queued",
+                headers={"Retry-After": str(max(1, round(exc.retry_after_s)))},
+            ) from exc
+        except BatcherClosedError as exc:
+            raise ServiceError(ErrorCode.NOT_READY, "the engine is not accepting work") from exc
+        except ServiceError:
+            raise
+        except Exception as exc:
+            raise ServiceError(
+                ErrorCode.ENGINE_ERROR, f"inference failed: {type(exc).__name__}"
+            ) from exc
+        return self._account(timed, submitted)
+
+    def _account(self, timed: TimedOutcome, submitted: float) -> Extraction:
+        outcome = timed.outcome
+        self._metrics.generated_tokens.observe(outcome.generated_tokens)
+        # Observed before the error check: a failed item queued and ran all the same.
+        queue_ms = max(0.0, timed.batch_started - submitted) * 1000.0
+        note_inference(queue_ms, timed.batch_size)
+        self._tracer.record("queue", submitted, timed.batch_started)
+        self._tracer.record(
+            "inference", timed.batch_started, timed.batch_finished, batch_size=timed.batch_size
+        )
+        if outcome.attributes is None:
+            code = FAILURE_CODES.get(outcome.failure, ErrorCode.ENGINE_ERROR)
+            raise ServiceError(code, outcome.error_detail or "the engine returned no attributes")
+        return Extraction(
+            attributes=outcome.attributes,
+            generated_tokens=outcome.generated_tokens,
+            queue_ms=queue_ms,
+            inference_ms=(timed.batch_finished - timed.batch_started) * 1000.0,
+            confidence=outcome.confidence,
+        )
+
+    async def extract_one(self, payload: bytes | str, deadline: float) -> Extraction:
+        """Admit, extract, release: for callers that did not admit up front."""
+        # A cached answer needs no capacity, so a hit skips admission (and is answered even
+        # at queue_full). Peeking first keeps the hit/miss count to extract()'s one lookup.
+        if isinstance(payload, bytes) and self.cache is not None:
+            key = await self._cache_key(payload)
+            if key is not None and key in self.cache:
+                return await self.extract(payload, deadline)
+        self.admission.acquire()
+        try:
+            return await self.extract(payload, deadline)
+        finally:
+            self.admission.release()
+
+    async def extract_many(
+        self, payloads: Sequence[bytes | str], deadline: float
+    ) -> list[Extraction | ServiceError]:
+        """Per-item results in input order; bytes are images, strings are URLs. Each item
+        is admitted on its own, so a batch larger than the free capacity gets per-item
+        ``queue_full`` errors instead of being refused whole."""
+        return list(await asyncio.gather(*(self._one(p, deadline) for p in payloads)))
+
+    async def _one(self, payload: bytes | str, deadline: float) -> Extraction | ServiceError:
+        try:
+            return await self.extract_one(payload, deadline)
+        except ServiceError as exc:
+            return exc
+
+
+def _estimated_bytes(result: Extraction) -> int:
+    """What a cached answer costs in memory, roughly: its JSON is a fair proxy."""
+    size = len(result.attributes.model_dump_json())
+    if result.confidence is not None:
+        size += len(result.confidence.model_dump_json())
+    return 2 * size  # Python objects take about twice their JSON

@@ -1,0 +1,241 @@
+"""``/v1/extract`` and ``/v1/extract/batch``: validate, enqueue, await, serialize."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fashion_florence_client.problems import ErrorCode
+from fashion_florence_client.protocol import (
+    BatchFailure,
+    BatchResponse,
+    BatchSuccess,
+    ExtractResponse,
+    ItemError,
+    TimingMs,
+    UrlBatchRequest,
+    UrlRequest,
+)
+from fashion_florence_client.schema import AttributeConfidence, FashionAttributes, filter_tags
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.core.extraction import Extraction, Extractor
+from service.errors import ServiceError
+from service.http.auth import require_api_key
+from service.http.deps import get_extractor, model_ref
+from service.http.disconnect import cancel_on_disconnect
+from service.http.middleware import request_id_of
+from service.http.schemas import problem_responses
+from service.settings import Settings
+
+router = APIRouter(prefix="/v1", tags=["extract"], dependencies=[Depends(require_api_key)])
+
+#: Lets a caller shorten (never lengthen) the server's default deadline, in milliseconds.
+TIMEOUT_HEADER = "x-request-timeout-ms"
+
+_FILE: dict[str, Any] = {"type": "string", "format": "binary"}
+
+
+def _body_doc(image: dict[str, Any], json_body: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a body that is either multipart (``image``) or JSON (URLs)."""
+    multipart = {"type": "object", "properties": {"image": image}, "required": ["image"]}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": multipart},
+                "application/json": {"schema": json_body.model_json_schema()},
+            },
+        }
+    }
+
+
+_REQUEST_BODY_DOC = _body_doc(_FILE, UrlRequest)
+_BATCH_BODY_DOC = _body_doc({"type": "array", "items": _FILE}, UrlBatchRequest)
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def _json_body(request: Request, model: type[UrlRequest] | type[UrlBatchRequest]) -> Any:
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise ServiceError(ErrorCode.INVALID_REQUEST, _validation_detail(exc)) from exc
+
+
+def _validation_detail(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+    )
+
+
+async def _uploaded_images(request: Request, settings: Settings) -> list[bytes]:
+    too_many = ServiceError(
+        ErrorCode.TOO_MANY_ITEMS, f"at most {settings.max_batch_items} images per request"
+    )
+    try:
+        # Multipart limits: files as configured (+1 to tell "too many"), few and small text
+        # fields (the API reads none); the body cap bounds what the parser can spool.
+        form = await request.form(
+            max_files=settings.max_batch_items + 1, max_fields=8, max_part_size=64 * 1024
+        )
+    except StarletteHTTPException as exc:
+        # The parser stops at max_files (so a huge batch is not spooled to disk first); that
+        # is this API's too_many_items, not a malformed request.
+        if str(exc.detail).startswith("Too many files"):
+            raise too_many from exc
+        raise ServiceError(ErrorCode.INVALID_REQUEST, str(exc.detail)) from exc
+    try:
+        files = form.getlist("image")
+        if not files:
+            raise ServiceError(ErrorCode.INVALID_REQUEST, "multipart field 'image' is missing")
+        if len(files) > settings.max_batch_items:
+            raise too_many
+        images = []
+        for upload in files:
+            if not isinstance(upload, UploadFile):
+                raise ServiceError(ErrorCode.INVALID_REQUEST, "field 'image' must be a file upload")
+            images.append(await upload.read())
+        return images
+    finally:
+        await form.close()
+
+
+def _unsupported(request: Request) -> ServiceError:
+    return ServiceError(
+        ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+        f"content type {_media_type(request)!r}: send multipart/form-data or application/json",
+    )
+
+
+def _deadline(request: Request, extractor: Extractor) -> float:
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return extractor.deadline_after_ms(None)
+    try:
+        timeout_ms = float(raw)
+    except ValueError:
+        timeout_ms = -1.0
+    if not 0 < timeout_ms < float("inf"):
+        raise ServiceError(ErrorCode.INVALID_REQUEST, f"{TIMEOUT_HEADER} must be a positive number")
+    return extractor.deadline_after_ms(timeout_ms)
+
+
+async def _single_payload(request: Request, settings: Settings) -> bytes | str:
+    media_type = _media_type(request)
+    if media_type == "multipart/form-data":
+        images = await _uploaded_images(request, settings)
+        if len(images) != 1:
+            raise ServiceError(
+                ErrorCode.INVALID_REQUEST, "send exactly one 'image'; use /v1/extract/batch"
+            )
+        return images[0]
+    if media_type == "application/json":
+        return str((await _json_body(request, UrlRequest)).url)
+    raise _unsupported(request)
+
+
+MinTagConfidence = Annotated[
+    float | None,
+    Query(
+        ge=0.0,
+        le=1.0,
+        description="Drop tags whose confidence is below this; ignored (no tag dropped) when "
+        "the service runs without constrained decoding, i.e. `confidence` is null.",
+    ),
+]
+
+
+def _filtered(
+    result: Extraction, min_tag_confidence: float | None
+) -> tuple[FashionAttributes, AttributeConfidence | None]:
+    if min_tag_confidence is None or result.confidence is None:
+        return result.attributes, result.confidence
+    return filter_tags(result.attributes, result.confidence, min_tag_confidence)
+
+
+_EXTRACT_ERRORS = problem_responses(400, 401, 413, 415, 422, 499, 502, 503, 504)
+
+
+@router.post(
+    "/extract",
+    response_model=ExtractResponse,
+    openapi_extra=_REQUEST_BODY_DOC,
+    responses=_EXTRACT_ERRORS,
+)
+async def extract(
+    request: Request,
+    extractor: Annotated[Extractor, Depends(get_extractor)],
+    min_tag_confidence: MinTagConfidence = None,
+) -> ExtractResponse:
+    started = time.perf_counter()
+    deadline = _deadline(request, extractor)
+    # Admitted before the body is parsed: under overload the refusal costs microseconds.
+    extractor.admission.acquire()
+    try:
+        payload = await _single_payload(request, request.app.state.settings)
+        result = await cancel_on_disconnect(request, extractor.extract(payload, deadline))
+    finally:
+        extractor.admission.release()
+    attributes, confidence = _filtered(result, min_tag_confidence)
+    return ExtractResponse(
+        request_id=request_id_of(request.scope),
+        model=model_ref(request),
+        attributes=attributes,
+        confidence=confidence,
+        timing_ms=TimingMs(
+            queue=round(result.queue_ms, 3),
+            inference=round(result.inference_ms, 3),
+            total=round((time.perf_counter() - started) * 1000.0, 3),
+        ),
+    )
+
+
+@router.post(
+    "/extract/batch",
+    response_model=BatchResponse,
+    openapi_extra=_BATCH_BODY_DOC,
+    responses=_EXTRACT_ERRORS,
+)
+async def extract_batch(
+    request: Request,
+    extractor: Annotated[Extractor, Depends(get_extractor)],
+    min_tag_confidence: MinTagConfidence = None,
+) -> BatchResponse:
+    settings: Settings = request.app.state.settings
+    deadline = _deadline(request, extractor)
+    extractor.admission.check_open()  # refuse before parsing when nothing could be admitted
+    media_type = _media_type(request)
+    payloads: list[bytes | str]
+    if media_type == "multipart/form-data":
+        payloads = list(await _uploaded_images(request, settings))
+    elif media_type == "application/json":
+        urls = (await _json_body(request, UrlBatchRequest)).urls
+        if len(urls) > settings.max_batch_items:
+            raise ServiceError(
+                ErrorCode.TOO_MANY_ITEMS, f"at most {settings.max_batch_items} URLs per request"
+            )
+        payloads = list(urls)
+    else:
+        raise _unsupported(request)
+    results = await cancel_on_disconnect(request, extractor.extract_many(payloads, deadline))
+    return BatchResponse(
+        request_id=request_id_of(request.scope),
+        model=model_ref(request),
+        results=[_batch_item(request, r, min_tag_confidence) for r in results],
+    )
+
+
+def _batch_item(
+    request: Request, result: Extraction | ServiceError, min_tag_confidence: float | None
+) -> BatchSuccess | BatchFailure:
+    if isinstance(result, ServiceError):
+        request.app.state.metrics.errors.labels(result.code.value).inc()
+        return BatchFailure(error=ItemError(code=result.code.value, detail=result.detail))
+    attributes, confidence = _filtered(result, min_tag_confidence)
+    return BatchSuccess(attributes=attributes, confidence=confidence)

@@ -1,0 +1,144 @@
+"""Grammar token masks for a batch: per-row matchers, one batched fill, applied on device.
+
+:class:`RowMatchers` is shared by both constrained decoders: the HF ``generate`` path
+(:class:`GrammarLogitsProcessor`) and the jump-forward loop. Masks are filled on the CPU
+by xgrammar (multi-threaded across rows), copied once per step, and applied where the
+logits live, so the vocabulary-sized tensor never leaves the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import xgrammar as xgr
+from transformers import LogitsProcessor
+
+from service.inference.decoding.grammar import SchemaGrammar
+
+
+class GrammarRejectedError(RuntimeError):
+    """A row produced a token its grammar does not allow (non-finite logits, a bug)."""
+
+
+def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
+    """Set disallowed logits to -inf in place; ``bitmask`` must be on the logits' device.
+
+    Pure torch broadcasting rather than xgrammar's kernels: on CPU it measured ~5x faster
+    than xgrammar's CPU kernel at batch 16 with a BART-size vocabulary, and it runs on any
+    device without the JIT compiler xgrammar's Triton kernel needs at first use.
+    """
+    rows, vocab = logits.shape
+    shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+    bits = (bitmask[:rows].unsqueeze(-1) >> shifts) & 1  # (rows, words, 32), little-endian
+    logits.masked_fill_(bits.view(rows, -1)[:, :vocab] == 0, float("-inf"))
+
+
+def masked_scores(logits: torch.Tensor, bitmask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy choice and its log-probability under the grammar-renormalized distribution.
+
+    ``logits`` (N, V), float32 as ``generate`` computes scores, is modified in place.
+    """
+    apply_bitmask(logits, bitmask)
+    best, choice = logits.max(dim=-1)
+    return choice, best - torch.logsumexp(logits, dim=-1)
+
+
+class RowMatchers:
+    """One grammar matcher per batch row, plus a reusable host-side bitmask."""
+
+    def __init__(self, grammar: SchemaGrammar, rows: int, device: torch.device) -> None:
+        self.grammar = grammar
+        self.matchers = [xgr.GrammarMatcher(grammar.compiled) for _ in range(rows)]
+        self._batch = xgr.BatchGrammarMatcher(max_threads="auto")
+        self._device = device
+        self._bitmask = self._allocate(rows)
+
+    def _allocate(self, rows: int) -> torch.Tensor:
+        bitmask = xgr.allocate_token_bitmask(max(rows, 1), self.grammar.vocab_size)
+        # Pinned memory lets the host-to-device copy run asynchronously.
+        return bitmask.pin_memory() if self._device.type == "cuda" else bitmask
+
+    def bitmask(self, rows: int) -> torch.Tensor:
+        """The first ``rows`` rows of the host bitmask, grown if needed."""
+        if rows > self._bitmask.shape[0]:
+            self._bitmask = self._allocate(max(rows, 2 * self._bitmask.shape[0]))
+        return self._bitmask[:rows]
+
+    def fill(self, rows: Sequence[int], slots: Sequence[int], bitmask: torch.Tensor) -> None:
+        """Write the next-token mask of matcher ``rows[i]`` into ``bitmask[slots[i]]``."""
+        if rows:
+            self._batch.batch_fill_next_token_bitmask(
+                [self.matchers[r] for r in rows], bitmask, list(slots)
+            )
+
+    def on_device(self, bitmask: torch.Tensor) -> torch.Tensor:
+        # Asynchronous from pinned memory: safe to refill the host buffer next step, since
+        # both decoders read the chosen tokens back (a device sync) before they refill.
+        return bitmask.to(self._device, non_blocking=True)
+
+    def accept(self, rows: Sequence[int], tokens: Sequence[int]) -> None:
+        if not rows:
+            return
+        accepted = xgr.BatchGrammarMatcher.batch_accept_token(
+            [self.matchers[r] for r in rows], list(tokens)
+        )
+        if not all(accepted):
+            bad = [(r, t) for r, t, ok in zip(rows, tokens, accepted, strict=True) if not ok]
+            raise GrammarRejectedError(f"grammar rejected (row, token) {bad}")
+
+    def terminated(self, row: int) -> bool:
+        return bool(self.matchers[row].is_terminated())
+
+
+class GrammarLogitsProcessor(LogitsProcessor):
+    """Constrains ``generate`` to the grammar and records each chosen token's log-probability.
+
+    ``generate`` must start from the decoder prefix that precedes the grammar (for
+    Florence-2, ``</s><s>``); every token after it is masked. A fresh instance per call.
+    """
+
+    def __init__(self, grammar: SchemaGrammar, rows: int, device: torch.device) -> None:
+        self.rows = RowMatchers(grammar, rows, device)
+        self._count = rows
+        self._prefix_len: int | None = None
+        self._last_logprobs: torch.Tensor | None = None
+        self.logprobs: list[list[float]] = [[] for _ in range(rows)]
+
+    def _record(self, tokens: torch.Tensor) -> list[int]:
+        """Accept the tokens chosen at the previous step and keep their log-probabilities."""
+        assert self._last_logprobs is not None
+        chosen = tokens.tolist()
+        values = self._last_logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
+        live = [r for r in range(self._count) if not self.rows.terminated(r)]
+        for row in live:
+            self.logprobs[row].append(values[row])
+        self.rows.accept(live, [chosen[r] for r in live])
+        return [r for r in live if not self.rows.terminated(r)]  # minus rows that just stopped
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self._prefix_len is None:
+            self._prefix_len = input_ids.shape[1]
+            live = list(range(self._count))
+        else:
+            live = self._record(input_ids[:, -1])
+        bitmask = self.rows.bitmask(self._count)
+        self.rows.fill(live, live, bitmask)
+        device_mask = self.rows.on_device(bitmask)
+        # Finished rows are padded by generate whatever their scores; mask only live ones
+        # (a terminated matcher has no next-token mask to give).
+        scores = scores.float()
+        if len(live) == self._count:
+            apply_bitmask(scores, device_mask)
+        elif live:
+            index = torch.tensor(live, device=scores.device)
+            sub = scores.index_select(0, index)
+            apply_bitmask(sub, device_mask.index_select(0, index))
+            scores.index_copy_(0, index, sub)
+        self._last_logprobs = torch.log_softmax(scores, dim=-1)
+        return scores
+
+    def finish(self, sequences: torch.Tensor) -> None:
+        """Record the last step (``generate`` does not call processors after it)."""
+        if self._prefix_len is not None and sequences.shape[1] > self._prefix_len:
+            self._record(sequences[:, -1])

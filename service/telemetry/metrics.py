@@ -1,0 +1,144 @@
+"""Prometheus metrics, one registry per app (no global state, so tests and apps don't clash).
+
+Labels stay low-cardinality: route templates (never raw paths), status codes, error codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from service.backend import ModelInfo
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+LATENCY_BUCKETS_S: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+QUEUE_BUCKETS_S: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+BATCH_BUCKETS: Final = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
+TOKEN_BUCKETS: Final = (1, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1024)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheMetrics:
+    hits: Counter
+    misses: Counter
+    evictions: Counter
+    entries: Gauge
+    size_bytes: Gauge
+
+
+class ServiceMetrics:
+    """All metric families of the service; also the batcher's observer."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "ff_requests",
+            "HTTP requests by route template and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "ff_request_duration_seconds", "HTTP request latency", ["route"],
+            buckets=LATENCY_BUCKETS_S, registry=r,
+        )  # fmt: skip
+        self.queue_depth_gauge = Gauge("ff_queue_depth", "Images waiting for a batch", registry=r)
+        self.queue_wait_seconds = Histogram(
+            "ff_queue_wait_seconds",
+            "Time from enqueue to batch start",
+            buckets=QUEUE_BUCKETS_S,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "ff_batch_size", "Images per engine batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.inference_seconds = Histogram(
+            "ff_inference_duration_seconds",
+            "Engine wall time per batch",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.images = Counter("ff_images", "Images processed by the engine", registry=r)
+        self.generated_tokens = Histogram(
+            "ff_generated_tokens", "Decoder steps per image", buckets=TOKEN_BUCKETS, registry=r
+        )
+        self.errors = Counter(
+            "ff_errors", "Errors returned, by stable error code", ["code"], registry=r
+        )
+        self.model_info = Gauge(
+            "ff_model_info", "The loaded model (value is always 1)",
+            ["name", "revision", "device", "dtype"], registry=r,
+        )  # fmt: skip
+        self.ready = Gauge("ff_ready", "1 when the model is loaded and warmed up", registry=r)
+        # Reasons are a fixed set (service.intake.fetch.FetchFailure): low cardinality.
+        self.url_fetch_failures = Counter(
+            "ff_url_fetch_failures", "URL fetches refused or failed, by internal reason",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.rejections = Counter(
+            "ff_rejections", "Work refused at admission, by reason", ["reason"], registry=r
+        )
+        self.deadline_drops = Counter(
+            "ff_deadline_drops", "Images dropped unrun because their deadline passed", ["stage"],
+            registry=r,
+        )  # fmt: skip
+        self.cancellations = Counter(
+            "ff_cancellations", "Images skipped because the client went away", registry=r
+        )
+        self.oom_splits = Counter(
+            "ff_oom_splits", "Batches split in half after device out-of-memory", registry=r
+        )
+        self.engine_state = Gauge(
+            "ff_engine_state", "1 for the engine's current state", ["state"], registry=r
+        )
+        self.in_flight = Gauge(
+            "ff_in_flight_requests", "Images admitted and not yet answered", registry=r
+        )
+        # Result cache (issue 9, service.core.cache)
+        self.cache = CacheMetrics(
+            hits=Counter("ff_cache_hits", "Images answered from the result cache", registry=r),
+            misses=Counter("ff_cache_misses", "Result cache lookups that missed", registry=r),
+            evictions=Counter(
+                "ff_cache_evictions", "Entries evicted by the cache's bounds", registry=r
+            ),
+            entries=Gauge("ff_cache_entries", "Entries in the result cache", registry=r),
+            size_bytes=Gauge(
+                "ff_cache_size_bytes", "Estimated memory of the result cache", registry=r
+            ),
+        )
+
+    # BatchObserver protocol (service.core.batching)
+    def queue_depth(self, depth: int) -> None:
+        self.queue_depth_gauge.set(depth)
+
+    def queue_wait(self, seconds: float) -> None:
+        self.queue_wait_seconds.observe(seconds)
+
+    def batch_run(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.inference_seconds.observe(seconds)
+        self.images.inc(size)
+
+    def deadline_drop(self, stage: str) -> None:
+        self.deadline_drops.labels(stage).inc()
+
+    def cancelled_skip(self) -> None:
+        self.cancellations.inc()
+
+    def set_engine_state(self, state: str, all_states: tuple[str, ...]) -> None:
+        for name in all_states:
+            self.engine_state.labels(name).set(1 if name == state else 0)
+
+    def url_fetch_failed(self, reason: str) -> None:
+        self.url_fetch_failures.labels(reason).inc()
+
+    def set_model(self, info: ModelInfo) -> None:
+        self.model_info.labels(info.name, info.revision, info.device, info.dtype).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
