@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from fashion_florence_client.schema import AttributeConfidence, FashionAttributes
 from PIL import Image
+
+from fashion_florence_client.schema import AttributeConfidence, FashionAttributes
 
 #: One image as the backend's ``preprocess`` left it, opaque to the service: it is only
 #: handed back to the same backend's ``run_batch``. (The Florence engine uses a float32

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
+from pydantic import ValidationError
+
 from fashion_florence_client.problems import Problem
 from fashion_florence_client.protocol import ExtractResponse, ModelResponse
-from pydantic import ValidationError
 
 #: Bytes are an image; a string starting with http(s):// is a URL; anything else a path.
 ImageInput = bytes | str | os.PathLike[str]

@@ -7,9 +7,9 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
-from fashion_florence_client.schema import FashionAttributes
 from PIL import Image
 
+from fashion_florence_client.schema import FashionAttributes
 from service.backend import ItemFailure, ItemOutcome, ModelInfo, PreparedImage
 
 GOOD = FashionAttributes(

@@ -1,19 +1,59 @@
 """Admission control: how many images the service holds at once, decided in microseconds.
 
 A request is admitted *before* its body is parsed or its image decoded, so refusing it
-under overload costs a counter check, not a thread or a megabyte of parsing. The count
-covers everything between admission and answer (decode, queue, engine), which is also
-what a drain waits for.
+under overload costs a counter check, not a thread or a megabyte of parsing. Admission is
+a :class:`Permit`: the route takes one first and hands it to the serving call, which
+cannot run without it; the images it holds are given back when the request is answered.
+The count covers everything between admission and answer (decode, queue, engine), which
+is also what a drain waits for. Only the lifecycle starts a drain.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from types import TracebackType
 
 from fashion_florence_client.problems import ErrorCode
-
 from service.errors import ServiceError
+
+
+class Permit:
+    """The images one request holds. ``async with`` it: everything still held is given
+    back when the block ends, however it ends."""
+
+    def __init__(self, admission: Admission, images: int) -> None:
+        self._admission = admission
+        self._images = images
+
+    @property
+    def images(self) -> int:
+        return self._images
+
+    def take(self) -> None:
+        """Hold one more image (a batch item whose turn has come), or raise ServiceError
+        (``queue_full``, ``draining``). Never waits."""
+        self._admission._acquire(1)
+        self._images += 1
+
+    def give_back(self) -> None:
+        """Release one image before the request ends (a batch item that is done)."""
+        if self._images > 0:
+            self._images -= 1
+            self._admission._release(1)
+
+    async def __aenter__(self) -> Permit:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        held, self._images = self._images, 0
+        if held:
+            self._admission._release(held)
 
 
 class Admission:
@@ -41,26 +81,17 @@ class Admission:
     def draining(self) -> bool:
         return self._draining
 
-    def check_open(self) -> None:
-        """Refuse at once if nothing could be admitted now (no reservation is made)."""
-        if self._draining:
-            self._reject(ErrorCode.DRAINING, "the service is shutting down; retry elsewhere")
-        if self._held >= self._capacity:
-            self._reject_full()
-
-    def acquire(self) -> None:
-        """Admit one image or raise ServiceError (draining, queue_full). Never waits."""
-        self.check_open()
-        self._held += 1
-        self._idle.clear()
-        self._on_change(self._held)
-
-    def release(self) -> None:
-        self._held -= 1
-        if self._held <= 0:
-            self._held = 0
-            self._idle.set()
-        self._on_change(self._held)
+    def permit(self, images: int = 1) -> Permit:
+        """Admit a request holding ``images`` images now, or raise ServiceError
+        (``draining``, ``queue_full``). With ``images=0`` (a batch, whose size its body will
+        tell) nothing is held yet, but the request is refused if nothing could be admitted."""
+        if images < 0:
+            raise ValueError("images must be >= 0")
+        if images:
+            self._acquire(images)
+        else:
+            self._check_open(0)
+        return Permit(self, images)
 
     def start_draining(self) -> None:
         self._draining = True
@@ -73,6 +104,25 @@ class Admission:
         except TimeoutError:
             return False
         return True
+
+    def _check_open(self, images: int) -> None:
+        if self._draining:
+            self._reject(ErrorCode.DRAINING, "the service is shutting down; retry elsewhere")
+        if self._held + max(1, images) > self._capacity:
+            self._reject_full()
+
+    def _acquire(self, images: int) -> None:
+        self._check_open(images)
+        self._held += images
+        self._idle.clear()
+        self._on_change(self._held)
+
+    def _release(self, images: int) -> None:
+        self._held -= images
+        if self._held <= 0:
+            self._held = 0
+            self._idle.set()
+        self._on_change(self._held)
 
     def _reject_full(self) -> None:
         retry_after = max(1, round(self._retry_after_s()))

@@ -30,14 +30,6 @@ _MAX_RETRY_AFTER_S = 60.0
 _DRAIN_HISTORY = 32
 
 
-class QueueFullError(Exception):
-    """The queue is at capacity; ``retry_after_s`` estimates when room frees up."""
-
-    def __init__(self, retry_after_s: float) -> None:
-        super().__init__(f"batch queue is full; retry after {retry_after_s:.0f}s")
-        self.retry_after_s = retry_after_s
-
-
 class BatcherClosedError(Exception):
     """The batcher is not running (not started, stopping or stopped)."""
 
@@ -68,10 +60,26 @@ class NullObserver:
     def cancelled_skip(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Batched(Generic[ResultT]):
+    """One item's result with the batcher's own timing of it (``time.monotonic()``): the
+    numbers its observer reported too, so queue wait is measured in one place."""
+
+    result: ResultT
+    enqueued_at: float
+    started_at: float  # its batch started (submitted to the worker thread)
+    finished_at: float
+    batch_size: int
+
+    @property
+    def queued_s(self) -> float:
+        return max(0.0, self.started_at - self.enqueued_at)
+
+
 @dataclass(slots=True)
 class _Pending(Generic[ItemT, ResultT]):
     item: ItemT
-    future: asyncio.Future[ResultT]
+    future: asyncio.Future[Batched[ResultT]]
     enqueued_at: float
     deadline: float | None = None  # time.monotonic(); None = no deadline
 
@@ -86,19 +94,17 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         *,
         max_batch_size: int,
         max_wait_ms: float,
-        queue_size: int,
         observer: BatchObserver | None = None,
         name: str = "engine",
         idle_poll_s: float = 1.0,
     ) -> None:
-        if max_batch_size < 1 or queue_size < 1:
-            raise ValueError("max_batch_size and queue_size must be >= 1")
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
         if max_wait_ms < 0 or idle_poll_s <= 0:
             raise ValueError("max_wait_ms must be >= 0 and idle_poll_s > 0")
         self._run_batch = run_batch
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_ms / 1000.0
-        self._queue_size = queue_size
         self._observer: BatchObserver = observer if observer is not None else NullObserver()
         self._name = name
         # The collector never waits longer than this for a first item, so the heartbeat keeps
@@ -139,7 +145,9 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             raise RuntimeError("a stopped MicroBatcher cannot be restarted; create a new one")
         if self._collector is not None:
             return
-        self._queue = asyncio.Queue(maxsize=self._queue_size)
+        # Unbounded: admission (``service.core.admission``) is the service's one bound on
+        # how much work it holds; a second limit here could only disagree with it.
+        self._queue = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
         self._heartbeat = time.monotonic()
         self._accepting = True
@@ -165,9 +173,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         try:
             async with asyncio.timeout(timeout_s):
                 if not collector.done():
-                    # put() (not put_nowait) because the queue may be full; the collector is
-                    # draining it, and submit() refuses new work, so room will appear.
-                    await queue.put(None)
+                    queue.put_nowait(None)
                 await asyncio.shield(collector)
             executor.shutdown(wait=True)  # the thread is idle: this returns at once
         except TimeoutError:
@@ -191,18 +197,17 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         before the model runs: an expired item fails with :class:`DeadlineExceededError`
         and never reaches ``run_batch``.
         """
+        return (await self.submit_timed(item, deadline=deadline)).result
+
+    async def submit_timed(self, item: ItemT, *, deadline: float | None = None) -> Batched[ResultT]:
+        """:meth:`submit`, with when the item queued, ran and in how large a batch."""
         if not self.running or self._queue is None:
             raise BatcherClosedError(f"batcher {self._name} is not running")
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             raise DeadlineExceededError("waiting for admission")
-        future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
-        try:
-            # Never wait for room: under overload an instant 503 with Retry-After beats a
-            # request that hangs until its client times out.
-            self._queue.put_nowait(_Pending(item, future, now, deadline))
-        except asyncio.QueueFull:
-            raise QueueFullError(self.retry_after_s()) from None
+        future: asyncio.Future[Batched[ResultT]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(item, future, now, deadline))
         self._notify(self._observer.queue_depth, self._queue.qsize())
         # If our caller is cancelled, awaiting cancels `future` too; the collector sees that
         # and skips the item, so abandoned requests cost no model time.
@@ -314,9 +319,11 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             )
             _fail(live, outcome)
             return
+        finished = time.monotonic()
         for pending, result in zip(live, outcome, strict=True):
             if not pending.future.done():
-                pending.future.set_result(result)
+                timed = Batched(result, pending.enqueued_at, started, finished, len(live))
+                pending.future.set_result(timed)
 
     def _call(
         self, batch: list[_Pending[ItemT, ResultT]]

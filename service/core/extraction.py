@@ -1,8 +1,10 @@
-"""From untrusted bytes or a URL to attributes: decode, preprocess, batch, account.
+"""From untrusted bytes or a URL to attributes: admit, decode, preprocess, batch, account.
 
-This is the use-case layer the routes call. It owns the preprocessing thread pool, the
-micro-batcher and the URL fetcher, speaks in :class:`ServiceError` codes and knows
-nothing of HTTP requests or responses.
+This is the serving layer the routes call: a route takes a :class:`Permit` (before it
+reads the body), then makes one call here, :meth:`Extractor.extract` or
+:meth:`Extractor.extract_many`, and serializes what comes back. It owns the preprocessing
+thread pool, the micro-batcher, the result cache and the URL fetcher, speaks in
+:class:`ServiceError` codes and knows nothing of HTTP requests or responses.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
 
-from fashion_florence_client.problems import ErrorCode
-from fashion_florence_client.schema import AttributeConfidence, FashionAttributes
 from PIL import Image
 
+from fashion_florence_client.problems import ErrorCode
+from fashion_florence_client.schema import AttributeConfidence, FashionAttributes, filter_tags
 from service.backend import (
     DeviceFatalError,
     DeviceOutOfMemoryError,
@@ -27,28 +29,15 @@ from service.backend import (
     ItemOutcome,
     PreparedImage,
 )
-from service.core.admission import Admission
-from service.core.batching import (
-    BatcherClosedError,
-    DeadlineExceededError,
-    MicroBatcher,
-    QueueFullError,
-)
+from service.core.admission import Admission, Permit
+from service.core.batching import Batched, BatcherClosedError, DeadlineExceededError, MicroBatcher
 from service.core.cache import CacheKey, ResultCache, content_digest
 from service.errors import ServiceError
 from service.intake import ImageFetcher, decode_image, run_with_budget
 from service.settings import Settings
 from service.telemetry.metrics import ServiceMetrics
-from service.telemetry.tracing import Tracer, note_cache_hit, note_inference
-
-
-@dataclass(frozen=True, slots=True)
-class TimedOutcome:
-    outcome: ItemOutcome
-    batch_started: float  # time.perf_counter()
-    batch_finished: float
-    batch_size: int = 1
-
+from service.telemetry.record import note_cache_hit, note_inference, note_item_error
+from service.telemetry.tracing import Tracer
 
 FatalHandler = Callable[[BaseException], None]
 
@@ -91,16 +80,12 @@ class Extractor:
         self._pool = ThreadPoolExecutor(
             settings.preprocess_threads, thread_name_prefix="preprocess"
         )
-        self.batcher: MicroBatcher[PreparedImage, TimedOutcome] = MicroBatcher(
+        self.batcher: MicroBatcher[PreparedImage, ItemOutcome] = MicroBatcher(
             self._run_batch,
             max_batch_size=settings.max_batch_size,
             # The batcher runs one batch at a time and forms the next only once the engine
             # is free, so a zero wait is exactly "dispatch at once when idle".
             max_wait_ms=settings.max_wait_ms if settings.batch_dispatch == "wait" else 0.0,
-            # Admission (below) is the real bound. The batcher's queue must hold everything
-            # admitted but not running: with idle dispatch the engine may be busy with a
-            # batch of one while the rest of the capacity waits.
-            queue_size=settings.queue_size + settings.max_batch_size,
             observer=metrics,
         )
         # Capacity = the queue plus one batch in the engine: what fits is admitted at once,
@@ -120,21 +105,18 @@ class Extractor:
         await self.batcher.stop()
         await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=False)
 
-    async def drain(self, timeout_s: float) -> bool:
-        """Refuse new work; wait for everything admitted to be answered."""
-        self.admission.start_draining()
-        return await self.admission.wait_idle(timeout_s)
+    def admit(self, images: int = 1) -> Permit:
+        """Admission for one request holding ``images`` images (0 for a batch, whose items
+        take theirs as they go): refused at once with ``queue_full`` or ``draining``."""
+        return self.admission.permit(images)
 
-    def _run_batch(self, images: list[PreparedImage]) -> list[TimedOutcome]:
+    def _run_batch(self, images: list[PreparedImage]) -> list[ItemOutcome]:
         # Runs on the batcher's single engine thread.
-        started = time.perf_counter()
         try:
-            outcomes = self._run_splitting(images)
+            return self._run_splitting(images)
         except DeviceFatalError as exc:
             self._on_fatal(exc)
             raise
-        finished = time.perf_counter()
-        return [TimedOutcome(o, started, finished, len(images)) for o in outcomes]
 
     def _run_splitting(self, images: list[PreparedImage]) -> list[ItemOutcome]:
         """Run a batch; on device OOM, retry its halves, down to single images."""
@@ -172,9 +154,61 @@ class Extractor:
             budget = min(budget, timeout_ms)
         return time.monotonic() + budget / 1000.0
 
-    async def extract(self, data: bytes | str, deadline: float) -> Extraction:
+    async def extract(
+        self,
+        payload: bytes | str,
+        permit: Permit,
+        deadline: float,
+        min_tag_confidence: float | None = None,
+    ) -> Extraction:
+        """One image (bytes) or image URL (str) under ``permit``, which must hold an image.
+        Tags below ``min_tag_confidence`` are dropped. Raises ServiceError."""
+        if permit.images < 1:
+            raise ValueError("extract() needs a permit holding one image")
+        return _filtered(await self._extract(payload, deadline), min_tag_confidence)
+
+    async def extract_many(
+        self,
+        payloads: Sequence[bytes | str],
+        permit: Permit,
+        deadline: float,
+        min_tag_confidence: float | None = None,
+    ) -> list[Extraction | ServiceError]:
+        """Per-item results in input order; bytes are images, strings are URLs. Each item
+        takes its own image from ``permit`` (and gives it back when done), so a batch larger
+        than the free capacity gets per-item ``queue_full`` errors instead of being refused
+        whole; a cached item takes none."""
+        results = await asyncio.gather(*(self._item(p, permit, deadline) for p in payloads))
+        answers: list[Extraction | ServiceError] = []
+        for result in results:
+            if isinstance(result, ServiceError):
+                note_item_error(result.code.value)
+                answers.append(result)
+            else:
+                answers.append(_filtered(result, min_tag_confidence))
+        return answers
+
+    async def _item(
+        self, payload: bytes | str, permit: Permit, deadline: float
+    ) -> Extraction | ServiceError:
+        try:
+            # A cached answer needs no capacity, so a hit is answered even at queue_full.
+            # Peeking first keeps the hit/miss count to _extract()'s one lookup.
+            if isinstance(payload, bytes) and self.cache is not None:
+                key = await self._cache_key(payload)
+                if key is not None and key in self.cache:
+                    return await self._extract(payload, deadline)
+            permit.take()
+            try:
+                return await self._extract(payload, deadline)
+            finally:
+                permit.give_back()
+        except ServiceError as exc:
+            return exc
+
+    async def _extract(self, data: bytes | str, deadline: float) -> Extraction:
         """Fetch (URL) or take bytes, decode and preprocess (thread pool), run through the
-        batcher. The caller must hold an admission slot. Raises ServiceError."""
+        batcher. The caller holds the admission for it. Raises ServiceError."""
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 if isinstance(data, str):
@@ -214,13 +248,12 @@ class Extractor:
         return dataclasses.replace(hit, queue_ms=0.0, inference_ms=0.0)
 
     async def _infer(self, prepared: PreparedImage, deadline: float) -> Extraction:
-        submitted = time.perf_counter()
         # Past the deadline an item still queued is dropped by the batcher; one already in
         # the engine is worth waiting for, but not past a stall (the pod is restarted then).
         guard_s = max(0.0, deadline - time.monotonic()) + self._settings.engine_stall_timeout_s
         try:
             async with asyncio.timeout(guard_s):
-                timed = await self.batcher.submit(prepared, deadline=deadline)
+                timed = await self.batcher.submit_timed(prepared, deadline=deadline)
         except TimeoutError as exc:
             raise ServiceError(
                 ErrorCode.DEADLINE_EXCEEDED, "the engine did not answer before the deadline"
@@ -228,12 +261,6 @@ class Extractor:
         except DeadlineExceededError as exc:
             raise ServiceError(
                 ErrorCode.DEADLINE_EXCEEDED, f"the deadline passed {exc.stage}; not run"
-            ) from exc
-        except QueueFullError as exc:
-            raise ServiceError(
-                ErrorCode.QUEUE_FULL,
-                f"{self._settings.queue_size} images already queued",
-                headers={"Retry-After": str(max(1, round(exc.retry_after_s)))},
             ) from exc
         except BatcherClosedError as exc:
             raise ServiceError(ErrorCode.NOT_READY, "the engine is not accepting work") from exc
@@ -243,17 +270,17 @@ class Extractor:
             raise ServiceError(
                 ErrorCode.ENGINE_ERROR, f"inference failed: {type(exc).__name__}"
             ) from exc
-        return self._account(timed, submitted)
+        return self._account(timed)
 
-    def _account(self, timed: TimedOutcome, submitted: float) -> Extraction:
-        outcome = timed.outcome
+    def _account(self, timed: Batched[ItemOutcome]) -> Extraction:
+        outcome = timed.result
         self._metrics.generated_tokens.observe(outcome.generated_tokens)
-        # Observed before the error check: a failed item queued and ran all the same.
-        queue_ms = max(0.0, timed.batch_started - submitted) * 1000.0
+        # Noted before the error check: a failed item queued and ran all the same.
+        queue_ms = timed.queued_s * 1000.0
         note_inference(queue_ms, timed.batch_size)
-        self._tracer.record("queue", submitted, timed.batch_started)
+        self._tracer.record("queue", timed.enqueued_at, timed.started_at)
         self._tracer.record(
-            "inference", timed.batch_started, timed.batch_finished, batch_size=timed.batch_size
+            "inference", timed.started_at, timed.finished_at, batch_size=timed.batch_size
         )
         if outcome.attributes is None:
             code = FAILURE_CODES.get(outcome.failure, ErrorCode.ENGINE_ERROR)
@@ -262,37 +289,17 @@ class Extractor:
             attributes=outcome.attributes,
             generated_tokens=outcome.generated_tokens,
             queue_ms=queue_ms,
-            inference_ms=(timed.batch_finished - timed.batch_started) * 1000.0,
+            inference_ms=(timed.finished_at - timed.started_at) * 1000.0,
             confidence=outcome.confidence,
         )
 
-    async def extract_one(self, payload: bytes | str, deadline: float) -> Extraction:
-        """Admit, extract, release: for callers that did not admit up front."""
-        # A cached answer needs no capacity, so a hit skips admission (and is answered even
-        # at queue_full). Peeking first keeps the hit/miss count to extract()'s one lookup.
-        if isinstance(payload, bytes) and self.cache is not None:
-            key = await self._cache_key(payload)
-            if key is not None and key in self.cache:
-                return await self.extract(payload, deadline)
-        self.admission.acquire()
-        try:
-            return await self.extract(payload, deadline)
-        finally:
-            self.admission.release()
 
-    async def extract_many(
-        self, payloads: Sequence[bytes | str], deadline: float
-    ) -> list[Extraction | ServiceError]:
-        """Per-item results in input order; bytes are images, strings are URLs. Each item
-        is admitted on its own, so a batch larger than the free capacity gets per-item
-        ``queue_full`` errors instead of being refused whole."""
-        return list(await asyncio.gather(*(self._one(p, deadline) for p in payloads)))
-
-    async def _one(self, payload: bytes | str, deadline: float) -> Extraction | ServiceError:
-        try:
-            return await self.extract_one(payload, deadline)
-        except ServiceError as exc:
-            return exc
+def _filtered(result: Extraction, min_tag_confidence: float | None) -> Extraction:
+    """Drop tags below ``min_tag_confidence``; without confidence nothing is dropped."""
+    if min_tag_confidence is None or result.confidence is None:
+        return result
+    attributes, confidence = filter_tags(result.attributes, result.confidence, min_tag_confidence)
+    return dataclasses.replace(result, attributes=attributes, confidence=confidence)
 
 
 def _estimated_bytes(result: Extraction) -> int:

@@ -154,7 +154,9 @@ class Runtime:
         if self.extractor is None:
             return True
         started = time.perf_counter()
-        finished = await self.extractor.drain(self.settings.drain_timeout_s)
+        admission = self.extractor.admission
+        admission.start_draining()
+        finished = await admission.wait_idle(self.settings.drain_timeout_s)
         log.info(
             "drain %s in %.2fs",
             "complete" if finished else "timed out",

@@ -11,10 +11,10 @@ from service.backend import InferenceBackend
 from service.core.lifecycle import BackendLoader, Runtime, load_real_engine
 from service.http import extract, ops
 from service.http.auth import ApiKeyVerifier
-from service.http.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
+from service.http.middleware import BodyLimitMiddleware, ObserveMiddleware, RequestIdMiddleware
 from service.http.problems import install_problem_handlers
 from service.settings import Settings
-from service.telemetry.logs import AccessLogMiddleware
+from service.telemetry.logs import AccessLog
 from service.telemetry.metrics import ServiceMetrics
 
 
@@ -51,8 +51,8 @@ def create_app(
     app.include_router(extract.router)
     app.include_router(ops.router)
     # Added last = outermost: the request id is on every response, even a 413.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(AccessLogMiddleware)  # inside the request id, outside the body cap
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    # Inside the request id, outside the body cap: its 413s are counted and logged too.
+    app.add_middleware(ObserveMiddleware, metrics=metrics, access_log=AccessLog())
     app.add_middleware(RequestIdMiddleware)
     return app

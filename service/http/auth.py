@@ -11,9 +11,9 @@ import hashlib
 import hmac
 from typing import Final
 
-from fashion_florence_client.problems import ErrorCode
 from fastapi import Request
 
+from fashion_florence_client.problems import ErrorCode
 from service.errors import ServiceError
 from service.settings import Settings
 

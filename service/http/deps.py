@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fashion_florence_client.problems import ErrorCode
-from fashion_florence_client.protocol import ModelRef
 from fastapi import Request
 
+from fashion_florence_client.problems import ErrorCode
+from fashion_florence_client.protocol import ModelRef
 from service.core.extraction import Extractor
 from service.core.lifecycle import Phase, Runtime
 from service.errors import ServiceError
@@ -17,14 +17,10 @@ def get_runtime(request: Request) -> Runtime:
 
 
 def get_extractor(request: Request) -> Extractor:
+    """The serving layer, while it takes work. A draining service still gets here: its
+    admission refuses with ``draining`` (the drain itself is the lifecycle's)."""
     runtime = get_runtime(request)
-    if runtime.phase == Phase.DRAINING:
-        raise ServiceError(
-            ErrorCode.DRAINING,
-            "the service is shutting down; retry elsewhere",
-            headers={"Retry-After": "1"},
-        )
-    if runtime.phase != Phase.READY or runtime.extractor is None:
+    if runtime.phase not in (Phase.READY, Phase.DRAINING) or runtime.extractor is None:
         raise ServiceError(
             ErrorCode.NOT_READY, f"model is {runtime.phase.value}", headers={"Retry-After": "5"}
         )

@@ -13,9 +13,9 @@ import contextlib
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from fashion_florence_client.problems import ErrorCode
 from starlette.requests import Request
 
+from fashion_florence_client.problems import ErrorCode
 from service.errors import ServiceError
 
 T = TypeVar("T")

@@ -1,9 +1,13 @@
-"""``/v1/extract`` and ``/v1/extract/batch``: validate, enqueue, await, serialize."""
+"""``/v1/extract`` and ``/v1/extract/batch``: admit, parse, one serving call, serialize."""
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fashion_florence_client.problems import ErrorCode
 from fashion_florence_client.protocol import (
@@ -16,12 +20,6 @@ from fashion_florence_client.protocol import (
     UrlBatchRequest,
     UrlRequest,
 )
-from fashion_florence_client.schema import AttributeConfidence, FashionAttributes, filter_tags
-from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
 from service.core.extraction import Extraction, Extractor
 from service.errors import ServiceError
 from service.http.auth import require_api_key
@@ -30,6 +28,7 @@ from service.http.disconnect import cancel_on_disconnect
 from service.http.middleware import request_id_of
 from service.http.schemas import problem_responses
 from service.settings import Settings
+from service.telemetry.record import current_record
 
 router = APIRouter(prefix="/v1", tags=["extract"], dependencies=[Depends(require_api_key)])
 
@@ -151,14 +150,6 @@ MinTagConfidence = Annotated[
 ]
 
 
-def _filtered(
-    result: Extraction, min_tag_confidence: float | None
-) -> tuple[FashionAttributes, AttributeConfidence | None]:
-    if min_tag_confidence is None or result.confidence is None:
-        return result.attributes, result.confidence
-    return filter_tags(result.attributes, result.confidence, min_tag_confidence)
-
-
 _EXTRACT_ERRORS = problem_responses(400, 401, 413, 415, 422, 499, 502, 503, 504)
 
 
@@ -173,25 +164,22 @@ async def extract(
     extractor: Annotated[Extractor, Depends(get_extractor)],
     min_tag_confidence: MinTagConfidence = None,
 ) -> ExtractResponse:
-    started = time.perf_counter()
     deadline = _deadline(request, extractor)
     # Admitted before the body is parsed: under overload the refusal costs microseconds.
-    extractor.admission.acquire()
-    try:
+    async with extractor.admit(1) as permit:
         payload = await _single_payload(request, request.app.state.settings)
-        result = await cancel_on_disconnect(request, extractor.extract(payload, deadline))
-    finally:
-        extractor.admission.release()
-    attributes, confidence = _filtered(result, min_tag_confidence)
+        result = await cancel_on_disconnect(
+            request, extractor.extract(payload, permit, deadline, min_tag_confidence)
+        )
     return ExtractResponse(
         request_id=request_id_of(request.scope),
         model=model_ref(request),
-        attributes=attributes,
-        confidence=confidence,
+        attributes=result.attributes,
+        confidence=result.confidence,
         timing_ms=TimingMs(
             queue=round(result.queue_ms, 3),
             inference=round(result.inference_ms, 3),
-            total=round((time.perf_counter() - started) * 1000.0, 3),
+            total=round(_elapsed_ms(), 3),
         ),
     )
 
@@ -207,35 +195,42 @@ async def extract_batch(
     extractor: Annotated[Extractor, Depends(get_extractor)],
     min_tag_confidence: MinTagConfidence = None,
 ) -> BatchResponse:
-    settings: Settings = request.app.state.settings
     deadline = _deadline(request, extractor)
-    extractor.admission.check_open()  # refuse before parsing when nothing could be admitted
+    # Refused before parsing when nothing could be admitted; each item takes its own image.
+    async with extractor.admit(0) as permit:
+        payloads = await _batch_payloads(request, request.app.state.settings)
+        results = await cancel_on_disconnect(
+            request, extractor.extract_many(payloads, permit, deadline, min_tag_confidence)
+        )
+    return BatchResponse(
+        request_id=request_id_of(request.scope),
+        model=model_ref(request),
+        results=[_batch_item(result) for result in results],
+    )
+
+
+async def _batch_payloads(request: Request, settings: Settings) -> list[bytes | str]:
     media_type = _media_type(request)
-    payloads: list[bytes | str]
     if media_type == "multipart/form-data":
-        payloads = list(await _uploaded_images(request, settings))
-    elif media_type == "application/json":
+        return list(await _uploaded_images(request, settings))
+    if media_type == "application/json":
         urls = (await _json_body(request, UrlBatchRequest)).urls
         if len(urls) > settings.max_batch_items:
             raise ServiceError(
                 ErrorCode.TOO_MANY_ITEMS, f"at most {settings.max_batch_items} URLs per request"
             )
-        payloads = list(urls)
-    else:
-        raise _unsupported(request)
-    results = await cancel_on_disconnect(request, extractor.extract_many(payloads, deadline))
-    return BatchResponse(
-        request_id=request_id_of(request.scope),
-        model=model_ref(request),
-        results=[_batch_item(request, r, min_tag_confidence) for r in results],
-    )
+        return list(urls)
+    raise _unsupported(request)
 
 
-def _batch_item(
-    request: Request, result: Extraction | ServiceError, min_tag_confidence: float | None
-) -> BatchSuccess | BatchFailure:
+def _batch_item(result: Extraction | ServiceError) -> BatchSuccess | BatchFailure:
     if isinstance(result, ServiceError):
-        request.app.state.metrics.errors.labels(result.code.value).inc()
         return BatchFailure(error=ItemError(code=result.code.value, detail=result.detail))
-    attributes, confidence = _filtered(result, min_tag_confidence)
-    return BatchSuccess(attributes=attributes, confidence=confidence)
+    return BatchSuccess(attributes=result.attributes, confidence=result.confidence)
+
+
+def _elapsed_ms() -> float:
+    """Since the request arrived, from its record (the one latency measurement)."""
+    record = current_record()
+    # None only for a router mounted without the observing middleware (never by create_app).
+    return record.elapsed_ms() if record is not None else 0.0

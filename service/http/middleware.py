@@ -1,4 +1,5 @@
-"""Pure-ASGI middleware: request ids, per-route metrics and the request body cap.
+"""Pure-ASGI middleware: request ids, the per-request record (metrics and access log) and
+the request body cap.
 
 Pure ASGI (not BaseHTTPMiddleware) so bodies stream through untouched and nothing is
 buffered or copied per request.
@@ -9,15 +10,16 @@ from __future__ import annotations
 import json
 import random
 import re
-import time
 from typing import Final
 
-from fashion_florence_client.problems import PROBLEM_CONTENT_TYPE, ErrorCode
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fashion_florence_client.problems import PROBLEM_CONTENT_TYPE, ErrorCode
 from service.errors import problem_body
+from service.telemetry.logs import AccessLog
 from service.telemetry.metrics import ServiceMetrics
+from service.telemetry.record import note_error, open_record, reset_record
 
 REQUEST_ID_HEADER: Final = "x-request-id"
 _VALID_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -56,43 +58,52 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-class MetricsMiddleware:
-    """Count requests by route template and status; observe latency per route."""
+class ObserveMiddleware:
+    """Open the request's record, note its status, and once the answer is sent hand the
+    closed record to metrics and the access log: one measurement for both.
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+    Sits inside ``RequestIdMiddleware`` (the id is set) and outside the body limit (its
+    413s are observed too).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, access_log: AccessLog) -> None:
         self.app = app
         self.metrics = metrics
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
-        status = 500
+        record, token = open_record(request_id_of(scope), str(scope.get("method", "")))
 
-        async def send_tracking(message: Message) -> None:
-            nonlocal status
+        async def send_observed(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                record.status = int(message["status"])
             await send(message)
 
         try:
-            await self.app(scope, receive, send_tracking)
+            await self.app(scope, receive, send_observed)
+        except Exception:
+            # Unhandled: Starlette's outermost handler answers 500 internal_error after
+            # this middleware has returned, so the record says it here.
+            record.error_code = record.error_code or ErrorCode.INTERNAL_ERROR.value
+            raise
         finally:
-            route = scope.get("route")
+            reset_record(token)
+            record.close()
             # Templates, never raw paths: unknown paths must not mint new label values.
-            label = str(getattr(route, "path", "unmatched"))
-            self.metrics.requests.labels(label, str(status)).inc()
-            self.metrics.request_latency.labels(label).observe(time.perf_counter() - started)
+            record.route = str(getattr(scope.get("route"), "path", "unmatched"))
+            self.metrics.observe_request(record)
+            self.access_log.write(record)
 
 
 class BodyLimitMiddleware:
     """Refuse bodies over ``max_body_bytes`` with 413, by header and while streaming."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: ServiceMetrics) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -150,7 +161,7 @@ class BodyLimitMiddleware:
     async def _reject(self, scope: Scope, send: Send) -> None:
         detail = f"request body exceeds {self.max_body_bytes} bytes"
         body = json.dumps(problem_body(ErrorCode.PAYLOAD_TOO_LARGE, detail)).encode()
-        self.metrics.errors.labels(ErrorCode.PAYLOAD_TOO_LARGE.value).inc()
+        note_error(ErrorCode.PAYLOAD_TOO_LARGE.value)
         await send(
             {
                 "type": "http.response.start",

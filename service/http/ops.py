@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fashion_florence_client.problems import ErrorCode
-from fashion_florence_client.protocol import HealthResponse, ModelResponse
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
+from fashion_florence_client.problems import ErrorCode
+from fashion_florence_client.protocol import HealthResponse, ModelResponse
 from service.core.lifecycle import Runtime
 from service.errors import ServiceError
 from service.http.auth import require_api_key

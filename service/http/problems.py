@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from fashion_florence_client.problems import PROBLEM_CONTENT_TYPE, ErrorCode
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fashion_florence_client.problems import PROBLEM_CONTENT_TYPE, ErrorCode
 from service.errors import ServiceError, problem_body
+from service.telemetry.record import note_error
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,7 @@ def problem_response(
     code: ErrorCode, detail: str, request: Request, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     body = problem_body(code, detail, instance=request.url.path)
-    metrics = getattr(request.app.state, "metrics", None)
-    if metrics is not None:
-        metrics.errors.labels(code.value).inc()
+    note_error(code.value)  # counted and logged from the record, once
     return JSONResponse(
         body, status_code=int(str(body["status"])), headers=headers, media_type=PROBLEM_CONTENT_TYPE
     )

@@ -31,9 +31,9 @@ import warnings
 import zlib
 from typing import Final
 
-from fashion_florence_client.problems import ErrorCode
 from PIL import Image
 
+from fashion_florence_client.problems import ErrorCode
 from service.errors import ServiceError
 
 __all__ = [

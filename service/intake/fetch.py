@@ -33,8 +33,8 @@ from typing import Final, Self
 
 import httpcore
 import httpx
-from fashion_florence_client.problems import ErrorCode
 
+from fashion_florence_client.problems import ErrorCode
 from service.errors import ServiceError
 from service.intake.addresses import AddressPolicy, IPAddress, parse_ip
 from service.intake.pinning import (

@@ -18,7 +18,6 @@ from concurrent.futures import Executor
 from typing import Any, Final, TypeVar
 
 from fashion_florence_client.problems import ErrorCode
-
 from service.errors import ServiceError
 
 __all__ = ["run_with_budget"]

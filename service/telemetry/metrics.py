@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from service.backend import ModelInfo
+from service.telemetry.record import RequestRecord
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS_S: Final = (
@@ -99,7 +100,7 @@ class ServiceMetrics:
         self.in_flight = Gauge(
             "ff_in_flight_requests", "Images admitted and not yet answered", registry=r
         )
-        # Result cache (issue 9, service.core.cache)
+        # Result cache (service.core.cache)
         self.cache = CacheMetrics(
             hits=Counter("ff_cache_hits", "Images answered from the result cache", registry=r),
             misses=Counter("ff_cache_misses", "Result cache lookups that missed", registry=r),
@@ -136,6 +137,15 @@ class ServiceMetrics:
 
     def url_fetch_failed(self, reason: str) -> None:
         self.url_fetch_failures.labels(reason).inc()
+
+    def observe_request(self, record: RequestRecord) -> None:
+        """Count one answered request: the one place requests, latency and errors are
+        counted (the batch items' codes too: each is an error returned, inside a 200)."""
+        self.requests.labels(record.route, str(record.status)).inc()
+        if record.latency_s is not None:
+            self.request_latency.labels(record.route).observe(record.latency_s)
+        for code in ([record.error_code] if record.error_code else []) + record.item_errors:
+            self.errors.labels(code).inc()
 
     def set_model(self, info: ModelInfo) -> None:
         self.model_info.labels(info.name, info.revision, info.device, info.dtype).set(1)

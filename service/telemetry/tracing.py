@@ -1,10 +1,4 @@
-"""What one request observed on its way through the service, and optional tracing spans.
-
-The access log line is written by HTTP middleware, but the queue wait and batch size are
-only known deep in the extractor. A context variable carries a per-request record between
-them, so the extractor needs no HTTP types and the routes need no logging code: tasks the
-request spawns (disconnect watching, batch items) copy the context and so share the
-record.
+"""Optional tracing spans.
 
 Tracing (OpenTelemetry) is optional: the service never depends on its packages. With
 ``FF_TRACING_ENABLED`` on and ``opentelemetry-api`` importable, the extractor opens spans
@@ -20,51 +14,11 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from contextvars import ContextVar, Token
-from dataclasses import dataclass
 from typing import Any, Final
 
 log = logging.getLogger(__name__)
 
 TRACER_NAME: Final = "fashion-florence"
-
-
-@dataclass(slots=True)
-class RequestRecord:
-    images: int = 0  # images answered (by the engine or the cache)
-    cache_hits: int = 0
-    queue_ms: float | None = None  # the longest queue wait among the request's images
-    batch_size: int | None = None  # the largest engine batch one of them ran in
-
-
-_current: ContextVar[RequestRecord | None] = ContextVar("ff_request_record", default=None)
-
-
-def begin_request() -> tuple[RequestRecord, Token[RequestRecord | None]]:
-    record = RequestRecord()
-    return record, _current.set(record)
-
-
-def end_request(token: Token[RequestRecord | None]) -> None:
-    _current.reset(token)
-
-
-def note_inference(queue_ms: float, batch_size: int) -> None:
-    record = _current.get()
-    if record is None:  # not inside an HTTP request (e.g. a direct Extractor caller)
-        return
-    record.images += 1
-    record.queue_ms = queue_ms if record.queue_ms is None else max(record.queue_ms, queue_ms)
-    record.batch_size = (
-        batch_size if record.batch_size is None else max(record.batch_size, batch_size)
-    )
-
-
-def note_cache_hit() -> None:
-    record = _current.get()
-    if record is not None:
-        record.images += 1
-        record.cache_hits += 1
 
 
 def _load_otel_trace() -> Any | None:
@@ -105,11 +59,11 @@ class Tracer:
             yield span
 
     def record(self, name: str, started: float, finished: float, **attributes: Any) -> None:
-        """A span after the fact, from ``time.perf_counter()`` stamps (queue and inference
+        """A span after the fact, from ``time.monotonic()`` stamps (queue and inference
         happen on the batcher, not in the request's own code)."""
         if self._tracer is None:
             return
-        offset_ns = time.time_ns() - time.perf_counter_ns()
+        offset_ns = time.time_ns() - time.monotonic_ns()
         span = self._tracer.start_span(
             f"ff.{name}", start_time=offset_ns + int(started * 1e9), attributes=attributes
         )

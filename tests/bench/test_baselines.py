@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fashion_florence_client.schema import FashionAttributes
 from PIL import Image
 
 from bench.baselines import (
@@ -23,6 +22,7 @@ from bench.baselines import (
 )
 from bench.load import payloads
 from bench.servers import ServerHandle, peak_rss_bytes, scrape_mean_batch, spawn_service
+from fashion_florence_client.schema import FashionAttributes
 from service.backend import InferenceBackend
 
 pytestmark = pytest.mark.load

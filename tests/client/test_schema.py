@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
+
 from fashion_florence_client.schema import (
     CATEGORIES,
     COLORS,
@@ -17,8 +19,6 @@ from fashion_florence_client.schema import (
     STYLE_TAGS,
     FashionAttributes,
 )
-from pydantic import ValidationError
-
 from tests.conftest import SHARED_DATA
 
 REFERENCE = SHARED_DATA / "imaterialist" / "reference_collapse.json"

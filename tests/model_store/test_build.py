@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from fashion_florence_client.schema import FashionAttributes
 from PIL import Image
 from transformers import (
     BartConfig,
@@ -17,6 +16,7 @@ from transformers import (
     Florence2VisionConfig,
 )
 
+from fashion_florence_client.schema import FashionAttributes
 from model_store.build import (
     FLORENCE_VOCAB_SIZE,
     PRESETS,

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fashion_florence_client.schema import FashionAttributes
 from PIL import Image
 
+from fashion_florence_client.schema import FashionAttributes
 from model_store.data.build import build_dataset
 from model_store.data.dataset import read_split
 from model_store.data.rules import collapse, load_rules, parse_labels

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from fashion_florence_client.schema import FashionAttributes
 from peft import PeftModel, get_peft_model
 from PIL import Image
 from transformers import Florence2ForConditionalGeneration
 
+from fashion_florence_client.schema import FashionAttributes
 from model_store.loading import ModelLoadError, load_model
 from model_store.manifest import MANIFEST_NAME, verify_directory
 from model_store.merge import (

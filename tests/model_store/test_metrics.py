@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fashion_florence_client.schema import FashionAttributes
 
+from fashion_florence_client.schema import FashionAttributes
 from model_store.data.dataset import Record, write_jsonl
 from model_store.evaluation import evaluate_predictions
 from model_store.evaluation.metrics import INVALID, OTHER, evaluate, parse_output, set_f1

@@ -8,8 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from fashion_florence_client.schema import FashionAttributes
 
+from fashion_florence_client.schema import FashionAttributes
 from model_store.data.build import SplitConfig, build_dataset
 from model_store.data.dataset import SPLITS, Record, read_split, write_jsonl
 from model_store.data.rules import load_rules

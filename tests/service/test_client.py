@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from fashion_florence_client.protocol import ExtractResponse
 from fastapi import FastAPI
 from PIL import Image
 
+from fashion_florence_client.protocol import ExtractResponse
 from service.backend import ItemOutcome, PreparedImage
 from service.client import (
     AsyncClient,

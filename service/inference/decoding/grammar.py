@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import xgrammar as xgr
-from fashion_florence_client.schema import FashionAttributes
 from pydantic import BaseModel
+
+from fashion_florence_client.schema import FashionAttributes
 
 FieldKind = Literal["choice", "tags"]
 

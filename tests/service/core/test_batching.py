@@ -18,7 +18,6 @@ from service.core.batching import (
     BatcherClosedError,
     MicroBatcher,
     NullObserver,
-    QueueFullError,
 )
 
 T = TypeVar("T")
@@ -89,7 +88,7 @@ async def make_batcher() -> AsyncIterator[Factory]:
     created: list[MicroBatcher[Any, Any]] = []
 
     async def factory(run_batch: Callable[[list[Any]], list[Any]], **kwargs: Any) -> Any:
-        options: dict[str, Any] = {"max_batch_size": 8, "max_wait_ms": 5, "queue_size": 64}
+        options: dict[str, Any] = {"max_batch_size": 8, "max_wait_ms": 5}
         options.update(kwargs)
         batcher: MicroBatcher[Any, Any] = MicroBatcher(run_batch, **options)
         created.append(batcher)
@@ -206,34 +205,12 @@ async def test_wrong_result_count_fails_the_batch_and_loop_continues(
     assert await gather(batcher.submit(3), batcher.submit(4)) == [6, 8]
 
 
-async def test_queue_full_rejects_instantly(make_batcher: Factory) -> None:
-    engine = FakeEngine(blocked=True)
-    batcher = await make_batcher(engine, max_batch_size=1, max_wait_ms=0, queue_size=2)
-    try:
-        first = asyncio.create_task(batcher.submit(0))
-        await engine.wait_started()  # item 0 is inside run_batch, out of the queue
-        queued = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
-        await settle()
-        assert batcher.queue_depth == 2
-
-        t0 = time.monotonic()
-        with pytest.raises(QueueFullError) as info:
-            async with asyncio.timeout(1):  # a waiting put would hang here, not fail fast
-                await batcher.submit(3)
-        assert time.monotonic() - t0 < 0.05
-        assert info.value.retry_after_s == 1.0  # no drain history yet
-    finally:
-        engine.gate.set()
-    async with asyncio.timeout(1):
-        assert await gather(first, *queued) == [0, 10, 20]
-    assert engine.batches == [[0], [1], [2]]
-
-
 async def test_retry_after_follows_observed_drain_rate(make_batcher: Factory) -> None:
     # Each single-item batch takes ~50 ms, i.e. ~20 items/s; a full queue of 100 plus the
     # one in flight should drain in ~5 s.
     engine = FakeEngine(delay_s=0.05)
-    batcher = await make_batcher(engine, max_batch_size=1, max_wait_ms=0, queue_size=100)
+    batcher = await make_batcher(engine, max_batch_size=1, max_wait_ms=0)
+    assert batcher.retry_after_s() == 1.0  # no drain history yet
     for i in range(3):
         await within(batcher.submit(i))
     engine.gate.clear()
@@ -244,15 +221,13 @@ async def test_retry_after_follows_observed_drain_rate(make_batcher: Factory) ->
         tasks += [asyncio.create_task(batcher.submit(i)) for i in range(1, 101)]
         await settle()  # ...and a full queue of 100 behind it
         assert batcher.queue_depth == 100
-        with pytest.raises(QueueFullError) as info:
-            async with asyncio.timeout(1):
-                await batcher.submit(999)
+        retry_after_s = batcher.retry_after_s()
     finally:
         engine.gate.set()
         for task in tasks:
             task.cancel()  # no need to wait 5 s for the backlog
-    assert 3.0 <= info.value.retry_after_s <= 6.0
-    assert info.value.retry_after_s == int(info.value.retry_after_s)
+    assert 3.0 <= retry_after_s <= 6.0
+    assert retry_after_s == int(retry_after_s)
 
 
 async def test_cancelled_callers_are_skipped(make_batcher: Factory) -> None:
@@ -291,13 +266,13 @@ async def test_run_batch_runs_on_one_dedicated_thread(make_batcher: Factory) -> 
 
 async def test_stop_drains_accepted_work_then_refuses(make_batcher: Factory) -> None:
     engine = FakeEngine(blocked=True)
-    batcher = await make_batcher(engine, max_batch_size=2, max_wait_ms=0, queue_size=4)
+    batcher = await make_batcher(engine, max_batch_size=2, max_wait_ms=0)
     try:
         tasks = [asyncio.create_task(batcher.submit(0))]
         await engine.wait_started()
         tasks += [asyncio.create_task(batcher.submit(i)) for i in range(1, 5)]
         await settle()
-        assert batcher.queue_depth == 4  # a full queue: the stop sentinel must wait for room
+        assert batcher.queue_depth == 4  # the stop sentinel lands behind all of them
         stopping = asyncio.create_task(batcher.stop())
         await settle()
         assert not batcher.running
@@ -334,9 +309,7 @@ async def test_stop_timeout_fails_unfinished_work_loudly(make_batcher: Factory) 
 
 
 async def test_submit_before_start_is_refused() -> None:
-    batcher: MicroBatcher[int, int] = MicroBatcher(
-        FakeEngine(), max_batch_size=1, max_wait_ms=0, queue_size=1
-    )
+    batcher: MicroBatcher[int, int] = MicroBatcher(FakeEngine(), max_batch_size=1, max_wait_ms=0)
     assert not batcher.running
     with pytest.raises(BatcherClosedError):
         await batcher.submit(1)
@@ -348,11 +321,10 @@ async def test_submit_before_start_is_refused() -> None:
     [
         ({"max_batch_size": 0}, "max_batch_size"),
         ({"max_wait_ms": -1}, "max_wait_ms"),
-        ({"queue_size": 0}, "queue_size"),
     ],
 )
 def test_invalid_configuration_is_rejected(kwargs: dict[str, Any], message: str) -> None:
-    options: dict[str, Any] = {"max_batch_size": 1, "max_wait_ms": 0, "queue_size": 1}
+    options: dict[str, Any] = {"max_batch_size": 1, "max_wait_ms": 0}
     options.update(kwargs)
     with pytest.raises(ValueError, match=message):
         MicroBatcher(FakeEngine(), **options)
@@ -391,3 +363,18 @@ async def test_heartbeat_advances_while_idle(make_batcher: Factory) -> None:
         seen.add(batcher.last_heartbeat_monotonic)
     assert len(seen) >= 4
     assert time.monotonic() - batcher.last_heartbeat_monotonic < 0.5
+
+
+async def test_timed_results_carry_the_wait_the_observer_saw(make_batcher: Factory) -> None:
+    observer = RecordingObserver()
+    batcher = await make_batcher(
+        FakeEngine(delay_s=0.01), max_batch_size=4, max_wait_ms=20, observer=observer
+    )
+    timed = await gather(*(batcher.submit_timed(i) for i in range(3)))
+    assert [t.result for t in timed] == [0, 10, 20]
+    assert sorted(t.queued_s for t in timed) == pytest.approx(sorted(observer.waits))
+    assert {t.batch_size for t in timed} == {3}
+    assert all(t.enqueued_at <= t.started_at < t.finished_at for t in timed)
+    ((size, seconds),) = observer.runs
+    assert size == 3
+    assert seconds == pytest.approx(timed[0].finished_at - timed[0].started_at, abs=0.005)

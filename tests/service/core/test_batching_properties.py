@@ -48,7 +48,7 @@ async def scenario(plan: list[Plan], max_batch: int, fail_every: int, work_ms: i
         return [item * 10 for item in items]
 
     batcher: MicroBatcher[int, int] = MicroBatcher(
-        run_batch, max_batch_size=max_batch, max_wait_ms=2, queue_size=1000, idle_poll_s=0.05
+        run_batch, max_batch_size=max_batch, max_wait_ms=2, idle_poll_s=0.05
     )
     await batcher.start()
     outcomes: dict[int, object] = {}

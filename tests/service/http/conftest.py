@@ -11,10 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
-from fashion_florence_client.problems import PROBLEM_CONTENT_TYPE
 from fastapi import FastAPI
 from PIL import Image
 
+from fashion_florence_client.problems import PROBLEM_CONTENT_TYPE
 from service.core.lifecycle import BackendLoader
 from service.http.app import create_app
 from service.settings import Settings

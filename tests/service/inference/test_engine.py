@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from fashion_florence_client.schema import FashionAttributes
 from PIL import Image
 
+from fashion_florence_client.schema import FashionAttributes
 from model_store.loading import load_model
 from model_store.manifest import MANIFEST_NAME, sha256_file
 from service.backend import ItemFailure, ItemOutcome

@@ -9,9 +9,9 @@ import zlib
 from pathlib import Path
 
 import pytest
-from fashion_florence_client.problems import ErrorCode
 from PIL import Image
 
+from fashion_florence_client.problems import ErrorCode
 from service.errors import ServiceError
 from service.intake import decode_image
 

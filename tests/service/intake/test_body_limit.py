@@ -8,7 +8,8 @@ from collections.abc import Callable, Sequence
 import pytest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.http.middleware import BodyLimitMiddleware
+from service.http.middleware import BodyLimitMiddleware, ObserveMiddleware
+from service.telemetry.logs import AccessLog
 from service.telemetry.metrics import ServiceMetrics
 
 LIMIT = 1000
@@ -73,7 +74,10 @@ async def run(
     async def send(message: Message) -> None:
         sent.append(message)
 
-    middleware = BodyLimitMiddleware(reading_app(record, handle), LIMIT, metrics)
+    # Inside the observing middleware, as create_app stacks them: its 413 is counted there.
+    middleware = ObserveMiddleware(
+        BodyLimitMiddleware(reading_app(record, handle), LIMIT), metrics, AccessLog()
+    )
     await middleware(scope(headers), receive, send)
     return sent, record, metrics
 
@@ -150,7 +154,7 @@ async def test_other_app_errors_propagate() -> None:
     async def broken(scope: Scope, receive: Receive, send: Send) -> None:
         raise RuntimeError("bug")
 
-    middleware = BodyLimitMiddleware(broken, LIMIT, ServiceMetrics())
+    middleware = BodyLimitMiddleware(broken, LIMIT)
     receive, _ = chunks(10)
 
     async def send(message: Message) -> None:

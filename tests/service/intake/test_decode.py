@@ -6,9 +6,9 @@ import io
 from typing import IO, Literal
 
 import pytest
-from fashion_florence_client.problems import ErrorCode
 from PIL import Image, ImageFile
 
+from fashion_florence_client.problems import ErrorCode
 from service.intake.decode import SUPPORTED_FORMATS, sniff_format
 from tests.service.intake.imagegen import (
     decode,

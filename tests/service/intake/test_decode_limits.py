@@ -10,9 +10,9 @@ import tracemalloc
 import zlib
 
 import pytest
-from fashion_florence_client.problems import ErrorCode
 from PIL import Image, ImageFile
 
+from fashion_florence_client.problems import ErrorCode
 from service.intake.decode import decode_image
 from tests.service.intake.imagegen import (
     LIMITS,

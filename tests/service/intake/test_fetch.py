@@ -15,9 +15,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from fashion_florence_client.problems import ErrorCode
 from PIL import Image
 
+from fashion_florence_client.problems import ErrorCode
 from service.errors import ServiceError
 from service.intake import ImageFetcher, decode_image, fetcher_from_settings
 from service.settings import Settings

@@ -16,8 +16,8 @@ from urllib.parse import quote
 
 import httpcore
 import pytest
-from fashion_florence_client.problems import ErrorCode
 
+from fashion_florence_client.problems import ErrorCode
 from service.errors import ServiceError
 from service.intake import ImageFetcher
 from service.intake.pinning import PinnedNetworkBackend, pinned

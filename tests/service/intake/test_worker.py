@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from fashion_florence_client.problems import ErrorCode
 
+from fashion_florence_client.problems import ErrorCode
 from service.errors import ServiceError
 from service.intake import run_with_budget
 

@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-from fashion_florence_client.schema import AttributeConfidence
 from PIL import Image
 
+from fashion_florence_client.schema import AttributeConfidence
 from service.backend import ItemOutcome, PreparedImage
 from service.http.app import create_app
 from service.settings import Settings

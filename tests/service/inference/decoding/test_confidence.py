@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 import xgrammar as xgr
-from fashion_florence_client.schema import AttributeConfidence, FashionAttributes, filter_tags
 from transformers.modeling_outputs import BaseModelOutput
 
+from fashion_florence_client.schema import AttributeConfidence, FashionAttributes, filter_tags
 from model_store.loading import LoadedModel
 from service.inference.decoding.confidence import attribute_confidence, value_spans
 from service.inference.decoding.decoders import DecodingMode

@@ -9,6 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 import xgrammar as xgr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel, Field, ValidationError
+
 from fashion_florence_client.schema import (
     CATEGORIES,
     COLORS,
@@ -20,10 +24,6 @@ from fashion_florence_client.schema import (
     FashionAttributes,
     json_schema,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from pydantic import BaseModel, Field, ValidationError
-
 from service.inference.decoding.grammar import (
     GrammarError,
     SchemaGrammar,

@@ -13,10 +13,10 @@ from typing import Any, Literal
 import numpy as np
 import pytest
 import torch
-from fashion_florence_client.schema import OCCASION_TAGS, STYLE_TAGS, FashionAttributes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fashion_florence_client.schema import OCCASION_TAGS, STYLE_TAGS, FashionAttributes
 from model_store.loading import LoadedModel
 from service.inference.decoding.constrained import (
     GrammarLogitsProcessor,
