@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip
 
-.PHONY: install run test lint typecheck check bench clean
+.PHONY: install run test lint imports typecheck check bench clean
 
 # scripts/install.sh is the one install path: the Dockerfile runs it too (same torch step,
 # same pinned versions from scripts/constraints.txt).
@@ -34,13 +34,19 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check service model_store tests bench scripts deploy
-	$(BIN)/ruff format --check service model_store tests bench scripts deploy
+	$(BIN)/ruff check service model_store tests bench scripts deploy clients
+	$(BIN)/ruff format --check service model_store tests bench scripts deploy clients
+
+## The layers' import contracts (pyproject.toml [tool.importlinter]) and no import cycles anywhere
+imports: $(STAMP)
+	PYTHONPATH=.:clients/python $(BIN)/lint-imports
+	PYTHONPATH=.:clients/python $(BIN)/python scripts/check_import_cycles.py \
+		service model_store bench fashion_florence_client
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-check: lint typecheck test
+check: lint imports typecheck test
 
 ## The CPU benchmark suite on the demo model (about 3 min): engine sweep, preprocessing, service, baselines (docs/BENCHMARKS.md)
 bench: $(STAMP)

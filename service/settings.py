@@ -33,7 +33,7 @@ class Settings(BaseSettings):
         default=Path.home() / ".cache" / "fashion-florence" / "demo-model",
         description="Where the demo model is built (once) when no model_path is set.",
     )
-    # --- model pipeline (issue 6): which demo model FF_DEMO_MODEL_DIR holds ---------------
+    # --- model pipeline: which demo model FF_DEMO_MODEL_DIR holds ---------------
     demo_model: Literal["trained", "random"] = Field(
         default="trained",
         description="trained = the tiny Florence-2 trained on synthetic garments by the model "
@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     fetch_read_timeout_ms: float = Field(default=5_000.0, gt=0.0, le=120_000.0)
     fetch_total_timeout_ms: float = Field(default=10_000.0, gt=0.0, le=300_000.0)
 
-    # Intake hardening (issue 4): decoder and URL-fetch limits beyond the basic ones above.
+    # Intake hardening: decoder and URL-fetch limits beyond the basic ones above.
     max_image_side_px: int = Field(default=16_384, ge=64, le=65_535)
     max_image_frames: int = Field(default=1_000, ge=1, le=100_000)
     decode_budget_ms: float = Field(default=5_000.0, gt=0.0, le=120_000.0)
@@ -164,7 +164,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    # --- Result cache, logs and tracing (issue 9) ---
+    # --- Result cache, logs and tracing ---
     cache_enabled: bool = Field(
         default=True,
         description="Answer repeated images (same bytes, same model revision) from memory.",
@@ -182,7 +182,6 @@ class Settings(BaseSettings):
         description="OpenTelemetry spans (fetch, decode, queue, inference) if the optional "
         "opentelemetry packages are installed; exporting is the deployment's SDK's job.",
     )
-    # --- end issue 9 ---
 
     @model_validator(mode="after")
     def _limits_consistent(self) -> Settings:
