@@ -34,8 +34,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check service model_store tests bench scripts deploy
-	$(BIN)/ruff format --check service model_store tests bench scripts deploy
+	$(BIN)/ruff check service model_store tests bench scripts deploy clients
+	$(BIN)/ruff format --check service model_store tests bench scripts deploy clients
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
