@@ -39,7 +39,6 @@ from typing import Any, Final
 
 import numpy as np
 import uvicorn
-from fashion_florence_client.schema import FashionAttributes
 from fastapi import FastAPI, File, UploadFile
 from fastapi.responses import JSONResponse
 from PIL import Image
@@ -47,6 +46,7 @@ from pydantic import ValidationError
 
 from bench.load import closed_loop, percentile_ms
 from bench.servers import LOOPBACK, ServerHandle, free_port, spawn
+from fashion_florence_client.schema import FashionAttributes
 from service.backend import ItemOutcome, ModelInfo, PreparedImage
 from service.settings import Settings
 

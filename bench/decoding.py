@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+
 from fashion_florence_client.schema import (
     CATEGORIES,
     COLORS,
@@ -39,7 +40,6 @@ from fashion_florence_client.schema import (
     STYLE_TAGS,
     FashionAttributes,
 )
-
 from model_store.synthetic import COLOR_CLASSES, block_garment
 from service.inference.decoding.constrained import RowMatchers, masked_scores
 from service.inference.decoding.florence import EncoderState

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import torch
-from fashion_florence_client.schema import FashionAttributes
 
+from fashion_florence_client.schema import FashionAttributes
 from model_store.data.dataset import Record
 from model_store.demo import DemoRecipe, build_trained_demo
 from model_store.evaluation import evaluate_model

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any, Final
 
 import torch
-from fashion_florence_client.schema import CATEGORIES, COLORS, MATERIALS, Category, Color
 from transformers import Florence2ForConditionalGeneration, Florence2Processor
 
+from fashion_florence_client.schema import CATEGORIES, COLORS, MATERIALS, Category, Color
 from model_store.build import build_model
 from model_store.data.build import SplitConfig, build_dataset
 from model_store.data.dataset import read_split

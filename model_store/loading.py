@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from fashion_florence_client.schema import SCHEMA_VERSION
 from transformers import Florence2ForConditionalGeneration, Florence2Processor
 
+from fashion_florence_client.schema import SCHEMA_VERSION
 from model_store.manifest import (
     DEFAULT_PROMPT,
     MANIFEST_NAME,

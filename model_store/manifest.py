@@ -14,8 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from fashion_florence_client.schema import SCHEMA_VERSION
 from pydantic import BaseModel, ConfigDict, Field
+
+from fashion_florence_client.schema import SCHEMA_VERSION
 
 MANIFEST_NAME: Final = "model_manifest.json"
 WEIGHT_SUFFIXES: Final = (".safetensors",)

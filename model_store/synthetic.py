@@ -21,8 +21,9 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-from fashion_florence_client.schema import Category, Color, FashionAttributes
 from PIL import Image, ImageDraw, ImageFilter
+
+from fashion_florence_client.schema import Category, Color, FashionAttributes
 
 RGB = tuple[int, int, int]
 FloatImage = npt.NDArray[np.float32]

@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import RobertaTokenizer
+
 from fashion_florence_client.schema import (
     CATEGORIES,
     COLORS,
@@ -19,8 +22,6 @@ from fashion_florence_client.schema import (
     STYLE_TAGS,
     FashionAttributes,
 )
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import RobertaTokenizer
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]
 IMAGE_TOKEN = "<image>"

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from fashion_florence_client.schema import FashionAttributes
 from PIL import Image
 from transformers import Florence2ForConditionalGeneration, Florence2Processor
 
+from fashion_florence_client.schema import FashionAttributes
 from model_store.loading import load_model, save_model
 from model_store.manifest import ModelManifest
 from model_store.synthetic import COLOR_CLASSES, block_garment

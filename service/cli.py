@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from model_store.cli import register as register_model_commands
 from model_store.pipeline_cli import register as register_pipeline_commands
-from service.catalogue import register as register_extract_command
+from service.local_job import register as register_extract_command
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -14,8 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
-from fashion_florence_client.schema import FashionAttributes
 from pydantic import BaseModel, ConfigDict
+
+from fashion_florence_client.schema import FashionAttributes
 
 SPLITS: Final = ("train", "val", "test")
 REPORT_NAME: Final = "report.json"

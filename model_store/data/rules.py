@@ -16,6 +16,8 @@ from functools import cache
 from importlib import resources
 from typing import Final, Literal
 
+from pydantic import BaseModel, ConfigDict
+
 from fashion_florence_client.schema import (
     MAX_TAGS,
     OCCASION_TAGS,
@@ -27,7 +29,6 @@ from fashion_florence_client.schema import (
     OccasionTag,
     StyleTag,
 )
-from pydantic import BaseModel, ConfigDict
 
 RULES_FILE: Final = "collapse_rules.json"
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Final
 
 from fashion_florence_client.schema import Category, Color
-
 from model_store.data.sources import TABLE_COLUMNS
 from model_store.synthetic import CATEGORY_LABELS, GarmentSpec, render_garment, sample_spec
 

@@ -17,8 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from fashion_florence_client.schema import CATEGORIES, COLORS, MATERIALS, FashionAttributes
 from pydantic import ValidationError
+
+from fashion_florence_client.schema import CATEGORIES, COLORS, MATERIALS, FashionAttributes
 
 FIELDS: Final = ("category", "primary_color", "material")
 TAG_FIELDS: Final = ("style_tags", "occasion_tags")

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fashion_florence_client.schema import SCHEMA_VERSION
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 
+from fashion_florence_client.schema import SCHEMA_VERSION
 from model_store.data.dataset import DataError, Record, read_report, read_split
 from model_store.evaluation.metrics import evaluate
 from model_store.evaluation.predict import predict_records

@@ -17,11 +17,14 @@ LIGHT_MODULES = (
     "service.core.batching",
     "service.core.extraction",
     "service.core.lifecycle",
-    "service.client",
-    "service.catalogue",
+    "service.local_job",
     "service.core.cache",
     "service.telemetry.logs",
     "service.telemetry.tracing",
+    "fashion_florence_client",
+    "fashion_florence_client.client",
+    "fashion_florence_client.catalogue",
+    "fashion_florence_client.cli",
 )
 
 _PROBE = """

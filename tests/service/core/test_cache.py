@@ -15,7 +15,7 @@ from service.http.app import create_app
 from service.settings import Settings
 from service.telemetry.metrics import CacheMetrics
 from tests.fakes import FakeBackend
-from tests.service.test_client import BAD, BLUE, RED, _no_ff_environment, settings
+from tests.live import BAD, BLUE, RED, _no_ff_environment, settings
 
 __all__ = ["_no_ff_environment"]
 

@@ -14,8 +14,8 @@ import pytest
 from service.telemetry.logs import ACCESS_LOGGER, JsonFormatter, PlainFormatter, configure_logging
 from service.telemetry.tracing import Tracer
 from tests.fakes import FakeBackend
+from tests.live import BAD, BLUE, RED, _no_ff_environment, settings
 from tests.service.core.test_cache import app_client
-from tests.service.test_client import BAD, BLUE, RED, _no_ff_environment, settings
 
 __all__ = ["_no_ff_environment"]
 

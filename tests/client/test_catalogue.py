@@ -1,4 +1,5 @@
-"""`fashion-florence extract` over real photos: one line per image, resumable, --local."""
+"""The catalogue job over real photos: one line per image, resumable; the client's
+`fashion-florence-client extract` and the server's `fashion-florence extract --local`."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from typing import Any
 import httpx
 import pytest
 
-from service import catalogue
+from fashion_florence_client import catalogue
+from fashion_florence_client.client import AsyncClient
+from service import local_job
 from service.cli import main
-from service.client import AsyncClient
 from service.http.app import create_app
 from tests.conftest import PHOTOS, REPO_ROOT
 from tests.fakes import FakeBackend
-from tests.service.test_client import _no_ff_environment, live_service, settings
+from tests.live import _no_ff_environment, live_service, settings
 
 __all__ = ["_no_ff_environment"]  # the autouse fixture, shared
 
@@ -116,13 +118,43 @@ async def test_local_mode_runs_the_service_in_process(
     # --local is create_app() behind the ASGI transport; the fake backend stands in for
     # the engine (the real one is exercised by the report's run).
     monkeypatch.setattr(
-        catalogue, "create_local_app", lambda: create_app(settings(), FakeBackend())
+        local_job, "create_local_app", lambda: create_app(settings(), FakeBackend())
     )
     out = tmp_path / "local.jsonl"
-    async with catalogue.local_client() as client:
+    async with local_job.local_client() as client:
         assert isinstance(client._http._transport, httpx.ASGITransport)
         summary = await catalogue.run_job(
             client, [str(p) for p in photos()[:4]], out, concurrency=2, progress=False
         )
     assert summary.done == 4
     assert len(lines(out)) == 4
+
+
+def test_client_command_without_tqdm_prints_plain_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The client's own install has no tqdm (it is the `cli` extra): the job still reports.
+    from fashion_florence_client.cli import main as client_main
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # `from tqdm import tqdm` now fails
+    out = tmp_path / "client.jsonl"
+    with live_service() as (url, _):
+        code = client_main(
+            ["extract", *(str(p) for p in photos()[:2]), "--out", str(out), "--server", url]
+        )
+    assert code == 0
+    assert len(lines(out)) == 2
+    assert "2/2 images, 0 failed" in capsys.readouterr().err
+
+
+def test_server_command_local_flag_runs_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        local_job, "create_local_app", lambda: create_app(settings(), FakeBackend())
+    )
+    out = tmp_path / "local.jsonl"
+    code = main(["extract", str(photos()[0]), "--out", str(out), "--local", "--no-progress"])
+    assert code == 0
+    (record,) = lines(out)
+    assert record["model"]["name"] == "fake"

@@ -1,6 +1,6 @@
-"""``fashion-florence extract``: a resumable catalogue job over files, folders and URLs.
+"""A resumable catalogue job over files, folders and URLs, one JSONL line per item.
 
-    fashion-florence extract photos/ more.jpg https://cdn/x.jpg --out results.jsonl
+    fashion-florence-client extract photos/ more.jpg https://cdn/x.jpg --out results.jsonl
 
 Each item becomes one JSONL line, ``{"item", "attributes", ...}`` or ``{"item", "error":
 {"code", "status", "detail"}}``, written and flushed as soon as it completes, so a job
@@ -8,33 +8,42 @@ killed at any point loses at most the requests in flight. A rerun reads the outp
 and skips every item already in it (``--retry-failed`` redoes the failed ones). Items are
 absolute paths or URLs, so a rerun from another directory still matches.
 
-``--local`` serves the job from an in-process copy of the service (``create_app`` behind
-httpx's ASGI transport): the same admission, cache, batcher and engine code as a server,
-without a port.
+The job talks to a server over HTTP. The server's own ``fashion-florence extract`` is this
+same command, registered with an opener that can also serve the job in-process
+(``--local``); that mode needs the server's install and so lives with the server.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TextIO
 
-import httpx
-from tqdm import tqdm
+from fashion_florence_client.client import AsyncClient
+from fashion_florence_client.exceptions import ServiceCallError
+from fashion_florence_client.retry import RetryPolicy
 
-from service.client import AsyncClient, RetryPolicy, ServiceCallError
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 IMAGE_SUFFIXES: Final = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif"})
 API_KEY_ENV: Final = "FASHION_FLORENCE_API_KEY"  # not an argument: argv shows in `ps`
+
+#: Opens the client a job runs on, from the parsed arguments and the client's options
+#: (api_key, timeout_s, retry).
+ClientOpener = Callable[
+    [argparse.Namespace, dict[str, Any]], AbstractAsyncContextManager[AsyncClient]
+]
 
 
 def _is_url(item: str) -> bool:
@@ -127,6 +136,46 @@ def result_line(item: str, result: Any) -> dict[str, Any]:
     return {"item": item, **result.model_dump(mode="json", exclude={"timing_ms"})}
 
 
+class _Progress:
+    """tqdm's bar (rate, ETA) when tqdm is installed: the ``cli`` extra, and the server's
+    install. Without it a plain line every few seconds, so the client's own dependencies
+    stay httpx and pydantic."""
+
+    PLAIN_EVERY_S: Final = 5.0
+
+    def __init__(self, total: int, stream: TextIO, *, enabled: bool) -> None:
+        self.total = total
+        self.count = 0
+        self._stream = stream
+        self._enabled = enabled
+        self._started = self._shown = time.monotonic()
+        self._bar: tqdm[NoReturn] | None = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self._bar = tqdm(total=total, unit="img", file=stream, smoothing=0.1)
+
+    def advance(self, failed: int) -> None:
+        self.count += 1
+        if self._bar is not None:
+            if failed:
+                self._bar.set_postfix(failed=failed, refresh=False)
+            self._bar.update(1)
+            return
+        now = time.monotonic()
+        if self._enabled and (now - self._shown >= self.PLAIN_EVERY_S or self.count == self.total):
+            self._shown = now
+            rate = self.count / max(now - self._started, 1e-9)
+            line = f"{self.count}/{self.total} images, {failed} failed, {rate:.1f} images/s"
+            print(line, file=self._stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
 async def run_job(
     client: AsyncClient,
     items: Sequence[str],
@@ -135,14 +184,17 @@ async def run_job(
     concurrency: int,
     retry_failed: bool = False,
     progress: bool = True,
-    stream: TextIO = sys.stderr,
+    stream: TextIO | None = None,
 ) -> Summary:
+    """Run ``items`` not already in ``out`` and append their lines; progress goes to
+    ``stream`` (stderr when None, looked up per call so redirections made after import,
+    as by a test's capture, are honoured)."""
     done = completed_items(out, retry_failed=retry_failed)
     todo = [item for item in items if item not in done]
     summary = Summary(skipped=len(items) - len(todo))
     started = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(todo), unit="img", file=stream, disable=not progress, smoothing=0.1)
+    bar = _Progress(len(todo), stream or sys.stderr, enabled=progress)
     try:
         with out.open("a", encoding="utf-8") as sink:
             async for index, result in client.iter_extract(todo, concurrency=concurrency):
@@ -150,40 +202,21 @@ async def run_job(
                 sink.flush()  # a killed job keeps every line written so far
                 if isinstance(result, ServiceCallError):
                     summary.failed[result.code] += 1
-                    bar.set_postfix(failed=sum(summary.failed.values()), refresh=False)
                 else:
                     summary.done += 1
-                bar.update(1)
+                bar.advance(failed=sum(summary.failed.values()))
     finally:
         bar.close()
         summary.elapsed_s = time.perf_counter() - started
     return summary
 
 
-def create_local_app() -> Any:
-    """The service itself, settings from FF_* (imported here: only --local needs it)."""
-    from service.http.app import create_app
-
-    return create_app()
+def server_client(args: argparse.Namespace, options: dict[str, Any]) -> AsyncClient:
+    """The default opener: a client on ``--server``."""
+    return AsyncClient(args.server, **options)
 
 
-@asynccontextmanager
-async def local_client(**options: Any) -> AsyncIterator[AsyncClient]:
-    """An in-process service, loaded and warmed, and a client on it."""
-    from service.core.lifecycle import Phase
-
-    app = create_local_app()
-    async with app.router.lifespan_context(app):
-        runtime = app.state.runtime
-        await runtime.wait_ready()
-        if runtime.phase != Phase.READY:
-            raise SystemExit(f"the local service did not start: {runtime.error}")
-        transport = httpx.ASGITransport(app=app)
-        async with AsyncClient("http://local", transport=transport, **options) as client:
-            yield client
-
-
-async def _main(args: argparse.Namespace, items: list[str]) -> Summary:
+async def _main(args: argparse.Namespace, items: list[str], open_client: ClientOpener) -> Summary:
     options: dict[str, Any] = {
         "api_key": os.environ.get(API_KEY_ENV) or None,
         "timeout_s": args.timeout,
@@ -191,14 +224,11 @@ async def _main(args: argparse.Namespace, items: list[str]) -> Summary:
     }
     job = {"concurrency": args.concurrency, "retry_failed": args.retry_failed}
     job["progress"] = not args.no_progress
-    if args.local:
-        async with local_client(**options) as client:
-            return await run_job(client, items, args.out, **job)
-    async with AsyncClient(args.server, **options) as client:
+    async with open_client(args, options) as client:
         return await run_job(client, items, args.out, **job)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, *, open_client: ClientOpener) -> int:
     arguments = list(args.inputs)
     if args.from_file is not None:
         arguments += read_list(args.from_file)
@@ -207,7 +237,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     items = expand_inputs(arguments)
     try:
-        summary = asyncio.run(_main(args, items))
+        summary = asyncio.run(_main(args, items, open_client))
     except KeyboardInterrupt:
         print(f"interrupted: rerun the same command to resume ({args.out})", file=sys.stderr)
         return 130
@@ -222,9 +252,12 @@ def _positive(text: str) -> int:
     return value
 
 
-def register(commands: Any) -> None:
-    """Add ``extract`` to the ``fashion-florence`` subcommands."""
-    cmd = commands.add_parser(
+def register(
+    commands: Any, *, open_client: ClientOpener = server_client
+) -> argparse.ArgumentParser:
+    """Add ``extract`` to a command's subcommands; returns its parser, so a caller can add
+    the options its ``open_client`` reads (the server adds ``--local``)."""
+    cmd: argparse.ArgumentParser = commands.add_parser(
         "extract",
         help="extract attributes for many images into JSONL (resumable)",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
@@ -236,12 +269,10 @@ def register(commands: Any) -> None:
         "--concurrency", type=_positive, default=8, help="requests in flight (default 8)"
     )
     cmd.add_argument("--server", default="http://127.0.0.1:8000", help="service base URL")
-    cmd.add_argument(
-        "--local", action="store_true", help="run the service in-process (FF_* settings)"
-    )
     cmd.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     cmd.add_argument("--retries", type=int, default=4, help="retries on 503/504/network errors")
     cmd.add_argument("--retry-failed", action="store_true", help="redo items that failed before")
     cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
     cmd.epilog = f"The API key, if the service needs one, is read from ${API_KEY_ENV}."
-    cmd.set_defaults(handler=_run)
+    cmd.set_defaults(handler=functools.partial(_run, open_client=open_client))
+    return cmd

@@ -1,91 +1,35 @@
-"""service.client against a live service: real uvicorn on 127.0.0.1, fake model backend."""
+"""The client against a live service: real uvicorn on 127.0.0.1, fake model backend."""
 
 from __future__ import annotations
 
-import io
-import os
 import random
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
-from PIL import Image
 
-from fashion_florence_client.protocol import ExtractResponse
-from service.backend import ItemOutcome, PreparedImage
-from service.client import (
-    AsyncClient,
+from fashion_florence_client.client import AsyncClient, Client
+from fashion_florence_client.exceptions import (
     AuthenticationError,
-    Client,
     ConnectionFailedError,
     InvalidInputError,
     RequestRejectedError,
-    RetryPolicy,
     ServerError,
     ServiceCallError,
-    parse_retry_after,
+    ServiceUnavailableError,
 )
-from service.http.app import create_app
-from service.settings import Settings
-from tests.fakes import FakeBackend
+from fashion_florence_client.protocol import ExtractResponse
+from fashion_florence_client.retry import RetryPolicy, parse_retry_after
+from service.backend import ItemOutcome, PreparedImage
+from tests.fakes import GOOD, FakeBackend
+from tests.live import BAD, BLUE, RED, _no_ff_environment, live_service, settings
 
-
-def jpeg(color: tuple[int, int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), color).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
-
-
-RED, BLUE, BAD = jpeg((200, 30, 30)), jpeg((30, 30, 200)), jpeg((255, 0, 0))
-
-
-@pytest.fixture(autouse=True)
-def _no_ff_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("FF_"):
-            monkeypatch.delenv(name)
-
-
-def settings(**overrides: Any) -> Settings:
-    base: dict[str, Any] = {"max_wait_ms": 1.0, "preprocess_threads": 2, "log_level": "warning"}
-    return Settings(**(base | overrides))
-
-
-@contextmanager
-def live_service(
-    config: Settings | None = None, backend: FakeBackend | None = None
-) -> Iterator[tuple[str, FastAPI]]:
-    """uvicorn serving create_app(...) on a loopback port, in a thread; yields its URL."""
-    app = create_app(config or settings(), backend or FakeBackend(bad_red_above=0.9))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "live service did not become ready"
-            time.sleep(0.02)
-        yield base_url, app
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+__all__ = ["_no_ff_environment"]  # the autouse fixture, shared
 
 
 class GatedBackend(FakeBackend):
@@ -216,11 +160,71 @@ def test_retry_after_parsing_and_a_too_long_wait_is_not_taken() -> None:
     assert parse_retry_after("3") == 3.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
     assert parse_retry_after("soon") is None
-    client = Client("http://127.0.0.1:1", retry=RetryPolicy(max_retry_after_s=5.0))
+    # The decision is the policy's (both clients' loops ask it), with the client's rng.
+    policy, rng = RetryPolicy(max_retry_after_s=5.0), random.Random(0)
     busy = ServiceCallError("queue_full", "x", status=503, retry_after_s=60.0)
-    from service.client import ServiceUnavailableError
-
     far = ServiceUnavailableError("queue_full", "x", status=503, retry_after_s=60.0)
-    assert client._next_delay(far, 1) is None  # would exceed the client's patience
-    assert client._next_delay(busy, 1) is None  # the base class is not retryable
-    client.close()
+    assert policy.next_delay(far, 1, rng) is None  # would exceed the client's patience
+    assert policy.next_delay(busy, 1, rng) is None  # the base class is not retryable
+
+
+def _scripted(
+    answers: list[int | type[httpx.TransportError]],
+) -> Callable[[httpx.Request], httpx.Response]:
+    """A MockTransport handler that answers from ``answers`` in turn: a status (503 with
+    Retry-After 1, or 200 with a result) or a transport error to raise."""
+    result = ExtractResponse.model_validate(
+        {"request_id": "r", "model": {"name": "fake", "revision": "0"},
+         "attributes": GOOD.model_dump(), "timing_ms": {"queue": 0, "inference": 0, "total": 0}}
+    )  # fmt: skip
+    script = iter(answers)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        answer = next(script)
+        if not isinstance(answer, int):
+            raise answer("scripted", request=request)
+        if answer == 200:
+            return httpx.Response(200, content=result.model_dump_json())
+        problem = {"type": "about:blank", "title": "busy", "status": answer,
+                   "detail": "busy", "code": "queue_full"}  # fmt: skip
+        headers = {"content-type": "application/problem+json", "retry-after": "1"}
+        return httpx.Response(answer, json=problem, headers=headers)
+
+    return handle
+
+
+async def test_sync_and_async_clients_take_the_same_retry_decisions() -> None:
+    # One script of failures, one seed: both loops must wait the same and end the same.
+    script: list[int | type[httpx.TransportError]] = [503, httpx.ConnectError, 503, 200]
+    retry = RetryPolicy(max_attempts=4, backoff_base_s=0.5)
+    sync_slept: list[float] = []
+    with Client(
+        "http://test", retry=retry, sleep=sync_slept.append, rng=random.Random(7),
+        transport=httpx.MockTransport(_scripted(script)),
+    ) as client:  # fmt: skip
+        sync_result = client.extract(RED)
+    async_slept: list[float] = []
+
+    async def record(seconds: float) -> None:
+        async_slept.append(seconds)
+
+    async with AsyncClient(
+        "http://test", retry=retry, sleep=record, rng=random.Random(7),
+        transport=httpx.MockTransport(_scripted(script)),
+    ) as aclient:  # fmt: skip
+        async_result = await aclient.extract(RED)
+    async with AsyncClient(
+        "http://test", retry=retry, sleep=record, rng=random.Random(7),
+        transport=httpx.MockTransport(_scripted([503] * 4)),
+    ) as busy:  # fmt: skip
+        with pytest.raises(ServiceUnavailableError) as caught:
+            await busy.extract(RED)
+    assert sync_result == async_result
+    assert sync_slept == async_slept[:3]
+    assert len(sync_slept) == 3
+    # Retry-After (1 s) is a floor for the 503s, not for the connection error between them.
+    assert sync_slept[0] >= 1.0
+    assert sync_slept[1] < 1.0
+    assert sync_slept[2] >= 1.0
+    assert caught.value.attempts == 4
+    assert caught.value.code == "queue_full"

@@ -1,0 +1,33 @@
+"""The ``fashion-florence-client`` command: ``extract``, a catalogue job against a server.
+
+    fashion-florence-client extract photos/ --out results.jsonl --server http://florence:8000
+
+The API key, if the service needs one, comes from ``$FASHION_FLORENCE_API_KEY``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from fashion_florence_client import catalogue
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fashion-florence-client",
+        description="Fashion Florence client: catalogue jobs against a running service.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    catalogue.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
