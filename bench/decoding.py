@@ -40,6 +40,7 @@ from fashion_florence_client.schema import (
     FashionAttributes,
 )
 
+from bench.models import prepare_model
 from model_store.synthetic import COLOR_CLASSES, block_garment
 from service.inference.decoding.constrained import RowMatchers, masked_scores
 from service.inference.decoding.florence import EncoderState
@@ -259,7 +260,6 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    from bench.run import prepare_model
     from model_store.loading import load_model
 
     work = Path(tempfile.mkdtemp(prefix="ff-bench-decoding-"))
