@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import payloads
+from bench.models import prepare_model
 from bench.report import closed_table
-from bench.run import prepare_model
 from bench.servers import spawn_service
 from bench.serving import SuitePlan, measure_ours
 

@@ -31,6 +31,7 @@ from typing import Any, cast
 
 import torch
 
+from bench.models import prepare_model
 from fashion_florence_client.schema import (
     CATEGORIES,
     COLORS,
@@ -259,7 +260,6 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    from bench.run import prepare_model
     from model_store.loading import load_model
 
     work = Path(tempfile.mkdtemp(prefix="ff-bench-decoding-"))

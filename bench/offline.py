@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 from bench.load import payloads as synthetic_payloads
+from bench.models import prepare_model
 from model_store.loading import LoadedModel
 from service.backend import DeviceOutOfMemoryError, PreparedImage
 from service.inference.decoding.decoders import Decoded, Decoder, DecodingMode
@@ -372,8 +373,6 @@ def main() -> int:
     sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
     with tempfile.TemporaryDirectory(prefix="ff-bench-offline-") as work:
         if args.model_dir is None:
-            from bench.run import prepare_model
-
             args.model_dir = prepare_model(Path(work))
         started = time.perf_counter()
         rows = offline_sweep(

@@ -29,26 +29,18 @@ from typing import Any, Final
 
 from bench import report
 from bench.load import payloads
+from bench.models import prepare_model
 from bench.offline import img_s_at, knee, machine_line, markdown_table, offline_sweep
 from bench.preprocess import preprocessing_per_core
 from bench.serving import SERVICE_MODE, WAIT_POLICY_MS, service_suite
 from service.settings import Settings
 
-__all__ = ["main", "prepare_model"]
+__all__ = ["main"]
 
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 #: The service's defaults, which the offline reference must match.
 SERVICE_MAX_BATCH: Final = Settings.model_construct().max_batch_size
 BATCH_SIZES: Final = (1, 4, 16, 32, 64)
-
-
-def prepare_model(work: Path) -> Path:
-    from model_store.build import build_model
-    from model_store.train import train_color_demo
-
-    build_model("demo", work / "demo")
-    train_color_demo(work / "demo", work / "trained", steps=150)
-    return work / "trained"
 
 
 def preprocessing(quick: bool) -> list[dict[str, Any]]:

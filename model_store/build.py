@@ -2,15 +2,13 @@
 
 ``demo`` is a few hundred thousand parameters at 128 px: it builds offline in about a
 second, byte-identically every time, and is what the tests load. ``make run`` serves the
-same architecture trained on synthetic garments by the model pipeline
-(``model_store.demo``), which :func:`ensure_demo_model` builds once and caches.
+same architecture trained on synthetic garments, starting from this build.
 ``florence-2-base`` / ``florence-2-large`` have the real dimensions with random weights,
 for GPU benchmarks only (never built in tests).
 """
 
 from __future__ import annotations
 
-import fcntl
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -216,37 +214,3 @@ def build_model(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
-
-
-def ensure_demo_model(directory: Path, *, trained: bool = True) -> Path:
-    """Return a verified demo model at ``directory``, building it on first use.
-
-    ``trained`` (what ``make run`` serves): the tiny Florence-2 trained on synthetic
-    garments by the model pipeline (``model_store.demo``): a few CPU minutes once, then
-    cached. Otherwise the random-weight build (about a second; plumbing only). A cache
-    that is corrupt, or was built by another recipe, is rebuilt.
-    """
-    from model_store.demo import DemoRecipe, build_trained_demo
-    from model_store.manifest import ManifestError, verify_directory
-
-    expected = DemoRecipe().tag if trained else None
-
-    def usable() -> bool:
-        try:
-            return verify_directory(directory).adapter == expected
-        except ManifestError:
-            return False
-
-    if usable():
-        return directory
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    # One builder at a time (several workers may start together); the others wait and
-    # then find the finished model instead of training it again.
-    with (directory.parent / f".{directory.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not usable():
-            if trained:
-                build_trained_demo(directory)
-            else:
-                build_model("demo", directory)
-    return directory

@@ -72,7 +72,8 @@ def _build_trained_demo(args: argparse.Namespace) -> int:
 
 def _merge(args: argparse.Namespace) -> int:
     from model_store.loading import ModelLoadError
-    from model_store.merge import AdapterError, write_merged
+    from model_store.lora import AdapterError
+    from model_store.merge import write_merged
 
     try:
         manifest = write_merged(args.base, args.adapter, args.out)

@@ -1,7 +1,7 @@
 """The embedded demo model: the tiny Florence-2 trained on the synthetic set by the pipeline.
 
-``make run`` serves it when no ``FF_MODEL_PATH`` is set (``build.ensure_demo_model``). The
-recipe is the pipeline a user runs on real data, with one extra first stage:
+``make run`` serves it when no ``FF_MODEL_PATH`` is set (``demo_cache.ensure_demo_model``).
+The recipe is the pipeline a user runs on real data, with one extra first stage:
 
 1. ``model build-demo``: the tiny Florence-2 with random weights;
 2. ``data synth`` + ``data build --format table``: rendered garments through the same

@@ -12,6 +12,7 @@ import torch
 from transformers import Florence2ForConditionalGeneration, Florence2Processor
 
 from fashion_florence_client.schema import SCHEMA_VERSION
+from model_store.lora import AdapterError, merge_adapter
 from model_store.manifest import (
     DEFAULT_PROMPT,
     MANIFEST_NAME,
@@ -20,7 +21,6 @@ from model_store.manifest import (
     new_manifest,
     verify_directory,
 )
-from model_store.merge import AdapterError, merge_adapter
 
 log = logging.getLogger(__name__)
 

@@ -59,7 +59,7 @@ def garment_image(color: tuple[int, int, int], rng: random.Random) -> Image.Imag
 @pytest.fixture(scope="session")
 def trained_model_dir(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo model fine-tuned (~10 s on 2 cores) until it emits valid, image-dependent JSON."""
-    from model_store.train import train_color_demo
+    from model_store.training.color_demo import train_color_demo
 
     out = tmp_path_factory.mktemp("models") / "trained"
     manifest = train_color_demo(demo_model_dir, out, steps=150)

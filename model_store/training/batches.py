@@ -14,8 +14,8 @@ from transformers import Florence2Processor
 
 from model_store.data.dataset import Record
 from model_store.evaluation.predict import open_rgb
-from model_store.train import TrainingExample, encode_batch
 from model_store.training.config import TrainConfig
+from model_store.training.encoding import TrainingExample, encode_batch
 
 VAL_BATCH = 32
 

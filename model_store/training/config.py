@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-#: ``decoder`` / ``all-linear``: LoRA (see model_store.merge.LORA_PRESETS). ``full``: every
+#: ``decoder`` / ``all-linear``: LoRA (see model_store.lora.LORA_PRESETS). ``full``: every
 #: weight trained, no adapter: for small bases trained from scratch (the demo model).
 Preset = Literal["decoder", "all-linear", "full"]
 DeviceName = Literal["auto", "cpu", "cuda"]

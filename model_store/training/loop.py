@@ -13,7 +13,7 @@ Layout of ``out_dir``:
 
 Loss: teacher forcing on ``<s>{target JSON}</s>``. Florence-2 is an encoder-decoder: the
 prompt is the encoder's input and never part of the labels, and padding is set to -100,
-so the loss covers exactly the target tokens (``model_store.train.encode_batch``).
+so the loss covers exactly the target tokens (``training.encoding.encode_batch``).
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ from model_store.data.dataset import DataError, Record, read_report, read_split
 from model_store.evaluation.metrics import evaluate
 from model_store.evaluation.predict import predict_records
 from model_store.loading import LoadedModel, load_model, save_model
+from model_store.lora import ADAPTER_WEIGHTS, LORA_PRESETS, lora_config
 from model_store.manifest import TrainingManifest, created_at_now, sha256_file
-from model_store.merge import ADAPTER_WEIGHTS, LORA_PRESETS, lora_config
-from model_store.train import encode_batch
 from model_store.training.batches import (
     Examples,
     autocast,
@@ -53,6 +52,7 @@ from model_store.training.checkpoint import (
     save_checkpoint,
 )
 from model_store.training.config import TrainConfig
+from model_store.training.encoding import encode_batch
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"

@@ -19,7 +19,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from fashion_florence_client.schema import FashionAttributes
-from model_store.build import ensure_demo_model
+from model_store.demo_cache import ensure_demo_model
 from model_store.loading import LoadedModel, load_model
 from service.backend import (
     DeviceFatalError,

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from peft import PeftModel
 
-from model_store.build import ensure_demo_model
 from model_store.data.dataset import read_split
 from model_store.demo import DEMO_NAME, DemoBuild, DemoRecipe, build_trained_demo
+from model_store.demo_cache import ensure_demo_model
 from model_store.evaluation import evaluate_model
 from model_store.evaluation.predict import predict_records
 from model_store.loading import load_model

@@ -15,14 +15,9 @@ from transformers import Florence2ForConditionalGeneration
 
 from fashion_florence_client.schema import FashionAttributes
 from model_store.loading import ModelLoadError, load_model
+from model_store.lora import ADAPTER_WEIGHTS, AdapterError, decoder_lora_config, merge_adapter
 from model_store.manifest import MANIFEST_NAME, verify_directory
-from model_store.merge import (
-    ADAPTER_WEIGHTS,
-    AdapterError,
-    decoder_lora_config,
-    merge_adapter,
-    write_merged,
-)
+from model_store.merge import write_merged
 from tests.conftest import photo_paths
 
 # peft 0.21 still calls the deprecated transformers 5 name; not our code.

@@ -19,11 +19,11 @@ from model_store.data.sources import read_table
 from model_store.data.synthesize import write_synthetic_source
 from model_store.evaluation.predict import open_rgb, predict_records
 from model_store.loading import load_model
+from model_store.lora import ADAPTER_WEIGHTS
 from model_store.manifest import TRAINING_MANIFEST_NAME, read_training_manifest, verify_directory
-from model_store.merge import ADAPTER_WEIGHTS
-from model_store.train import TrainingExample, encode_batch
 from model_store.training.batches import learning_rate_at, micro_batches
 from model_store.training.config import TrainConfig
+from model_store.training.encoding import TrainingExample, encode_batch
 from model_store.training.loop import CHECKPOINT_DIR, TrainingError, train
 from service.cli import main as cli_main
 

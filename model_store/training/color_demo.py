@@ -1,48 +1,22 @@
-"""Supervised fine-tuning of Florence-2 on (image, attributes) pairs.
+"""The colour-demo fine-tune: the minimal loop behind the service tests' fixture model.
 
-Teacher forcing on the compact target JSON, which the model learns to emit as
-``<s>{...}</s>`` after the decoder start token. :func:`encode_batch` is shared with the
-pipeline's trainer (``model_store.training``); :func:`fine_tune` is the minimal loop behind
-the service tests' fixture model (three colour classes, seconds on a CPU).
+Three colour classes of synthetic block garments, seconds on a CPU; the demo model comes
+out emitting valid, image-dependent JSON. The benchmarks serve the same model.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 from transformers import Florence2ForConditionalGeneration, Florence2Processor
 
-from fashion_florence_client.schema import FashionAttributes
 from model_store.loading import load_model, save_model
 from model_store.manifest import ModelManifest
 from model_store.synthetic import COLOR_CLASSES, block_garment
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingExample:
-    image: Image.Image
-    attributes: FashionAttributes
-
-
-def encode_batch(
-    processor: Florence2Processor, prompt: str, examples: Sequence[TrainingExample]
-) -> dict[str, torch.Tensor]:
-    inputs = processor(
-        text=[prompt] * len(examples), images=[e.image for e in examples], return_tensors="pt"
-    )
-    labels = processor.tokenizer(
-        [e.attributes.to_target_text() for e in examples],
-        add_special_tokens=True,
-        padding=True,
-        return_tensors="pt",
-    )["input_ids"]
-    labels[labels == processor.tokenizer.pad_token_id] = -100  # no loss on padding
-    return {**inputs, "labels": labels}
+from model_store.training.encoding import TrainingExample, encode_batch
 
 
 def fine_tune(
