@@ -46,8 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.handler(args)
-    return code
+    return int(args.handler(args))
 
 
 if __name__ == "__main__":

@@ -11,16 +11,15 @@ is also what a drain waits for. Only the lifecycle starts a drain.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from types import TracebackType
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from fashion_florence_client.problems import ErrorCode
 from service.errors import ServiceError
 
 
 class Permit:
-    """The images one request holds. ``async with`` it: everything still held is given
-    back when the block ends, however it ends."""
+    """The images one request holds, from :meth:`Admission.permit`."""
 
     def __init__(self, admission: Admission, images: int) -> None:
         self._admission = admission
@@ -42,15 +41,7 @@ class Permit:
             self._images -= 1
             self._admission._release(1)
 
-    async def __aenter__(self) -> Permit:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def _give_back_all(self) -> None:
         held, self._images = self._images, 0
         if held:
             self._admission._release(held)
@@ -81,17 +72,24 @@ class Admission:
     def draining(self) -> bool:
         return self._draining
 
-    def permit(self, images: int = 1) -> Permit:
-        """Admit a request holding ``images`` images now, or raise ServiceError
-        (``draining``, ``queue_full``). With ``images=0`` (a batch, whose size its body will
-        tell) nothing is held yet, but the request is refused if nothing could be admitted."""
+    @asynccontextmanager
+    async def permit(self, images: int = 1) -> AsyncIterator[Permit]:
+        """``async with admission.permit(n) as permit``: admit a request holding ``images``
+        images, or raise ServiceError (``draining``, ``queue_full``) on entering. With
+        ``images=0`` (a batch, whose size its body will tell) nothing is held yet, but the
+        request is refused if nothing could be admitted. Everything the permit still holds
+        is given back when the block ends, however it ends."""
         if images < 0:
             raise ValueError("images must be >= 0")
         if images:
             self._acquire(images)
         else:
             self._check_open(0)
-        return Permit(self, images)
+        permit = Permit(self, images)
+        try:
+            yield permit
+        finally:
+            permit._give_back_all()
 
     def start_draining(self) -> None:
         self._draining = True

@@ -14,6 +14,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Final
 
@@ -105,9 +106,10 @@ class Extractor:
         await self.batcher.stop()
         await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=False)
 
-    def admit(self, images: int = 1) -> Permit:
-        """Admission for one request holding ``images`` images (0 for a batch, whose items
-        take theirs as they go): refused at once with ``queue_full`` or ``draining``."""
+    def admit(self, images: int = 1) -> AbstractAsyncContextManager[Permit]:
+        """``async with``: admission for one request holding ``images`` images (0 for a
+        batch, whose items take theirs as they go); refused at once with ``queue_full`` or
+        ``draining``, before the caller reads the request's body."""
         return self.admission.permit(images)
 
     def _run_batch(self, images: list[PreparedImage]) -> list[ItemOutcome]:

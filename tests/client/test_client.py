@@ -13,18 +13,21 @@ from typing import Any
 import httpx
 import pytest
 
-from fashion_florence_client.client import AsyncClient, Client
-from fashion_florence_client.exceptions import (
+# The public names as a caller imports them: from the package itself.
+from fashion_florence_client import (
+    AsyncClient,
     AuthenticationError,
+    Client,
     ConnectionFailedError,
     InvalidInputError,
     RequestRejectedError,
+    RetryPolicy,
     ServerError,
     ServiceCallError,
     ServiceUnavailableError,
 )
 from fashion_florence_client.protocol import ExtractResponse
-from fashion_florence_client.retry import RetryPolicy, parse_retry_after
+from fashion_florence_client.retry import parse_retry_after
 from service.backend import ItemOutcome, PreparedImage
 from tests.fakes import GOOD, FakeBackend
 from tests.live import BAD, BLUE, RED, _no_ff_environment, live_service, settings

@@ -22,7 +22,8 @@ async def test_a_full_service_refuses_instantly_with_retry_after() -> None:
         assert gate.held == 2
         started = time.monotonic()
         with pytest.raises(ServiceError) as info:
-            gate.permit(1)
+            async with gate.permit(1):
+                pass
         assert time.monotonic() - started < 0.05
     assert info.value.code == "queue_full"
     assert info.value.headers["Retry-After"] == "1"
@@ -34,7 +35,8 @@ async def test_retry_after_comes_from_the_drain_estimate() -> None:
     gate, _ = admission(capacity=1, retry_after_s=4.6)
     async with gate.permit(1):
         with pytest.raises(ServiceError) as info:
-            gate.permit(1)
+            async with gate.permit(1):
+                pass
     assert info.value.headers["Retry-After"] == "5"
 
 
@@ -68,7 +70,8 @@ async def test_a_batch_is_refused_before_parsing_only_when_nothing_fits() -> Non
     gate, _ = admission(capacity=1)
     async with gate.permit(1):
         with pytest.raises(ServiceError) as info:
-            gate.permit(0)
+            async with gate.permit(0):
+                pass
     assert info.value.code == "queue_full"
     async with gate.permit(0):  # room for one: the batch may try
         pass
@@ -76,27 +79,32 @@ async def test_a_batch_is_refused_before_parsing_only_when_nothing_fits() -> Non
 
 async def test_draining_refuses_new_work_and_waits_for_admitted_work() -> None:
     gate, rejected = admission(capacity=4)
-    permit = gate.permit(1)
+    answered = asyncio.Event()
+
+    async def admitted_request() -> None:
+        async with gate.permit(1):
+            await answered.wait()
+
+    request = asyncio.create_task(admitted_request())
+    await asyncio.sleep(0)
+    assert gate.held == 1
     gate.start_draining()
     for images in (0, 1):
         with pytest.raises(ServiceError) as info:
-            gate.permit(images)
+            async with gate.permit(images):
+                pass
         assert info.value.code == "draining"
         assert info.value.headers["Retry-After"] == "1"
     assert rejected == ["draining", "draining"]
     assert not await gate.wait_idle(0.01)  # one image still admitted
-
-    async def answer() -> None:
-        await asyncio.sleep(0.02)
-        await permit.__aexit__(None, None, None)
-
-    task = asyncio.create_task(answer())
+    asyncio.get_running_loop().call_later(0.02, answered.set)
     assert await gate.wait_idle(1.0)
-    await task
+    await request
     assert gate.held == 0
 
 
-def test_a_negative_permit_is_a_bug() -> None:
+async def test_a_negative_permit_is_a_bug() -> None:
     gate, _ = admission()
     with pytest.raises(ValueError, match="images"):
-        gate.permit(-1)
+        async with gate.permit(-1):
+            pass

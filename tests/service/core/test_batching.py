@@ -83,6 +83,15 @@ class RecordingObserver:
         self.runs.append((size, seconds))
 
 
+async def occupy(batcher: Any, engine: FakeEngine, queued: int) -> list[asyncio.Task[Any]]:
+    """One item inside the (blocked) engine and ``queued`` more waiting behind it."""
+    tasks = [asyncio.create_task(batcher.submit(0))]
+    await engine.wait_started()
+    tasks += [asyncio.create_task(batcher.submit(i)) for i in range(1, queued + 1)]
+    await settle()
+    return tasks
+
+
 @pytest.fixture
 async def make_batcher() -> AsyncIterator[Factory]:
     created: list[MicroBatcher[Any, Any]] = []
@@ -216,10 +225,7 @@ async def test_retry_after_follows_observed_drain_rate(make_batcher: Factory) ->
     engine.gate.clear()
     engine.started.clear()
     try:
-        tasks = [asyncio.create_task(batcher.submit(0))]
-        await engine.wait_started()  # one item in flight...
-        tasks += [asyncio.create_task(batcher.submit(i)) for i in range(1, 101)]
-        await settle()  # ...and a full queue of 100 behind it
+        tasks = await occupy(batcher, engine, queued=100)  # one in flight, 100 behind it
         assert batcher.queue_depth == 100
         retry_after_s = batcher.retry_after_s()
     finally:
@@ -268,10 +274,7 @@ async def test_stop_drains_accepted_work_then_refuses(make_batcher: Factory) -> 
     engine = FakeEngine(blocked=True)
     batcher = await make_batcher(engine, max_batch_size=2, max_wait_ms=0)
     try:
-        tasks = [asyncio.create_task(batcher.submit(0))]
-        await engine.wait_started()
-        tasks += [asyncio.create_task(batcher.submit(i)) for i in range(1, 5)]
-        await settle()
+        tasks = await occupy(batcher, engine, queued=4)
         assert batcher.queue_depth == 4  # the stop sentinel lands behind all of them
         stopping = asyncio.create_task(batcher.stop())
         await settle()
@@ -295,10 +298,7 @@ async def test_stop_timeout_fails_unfinished_work_loudly(make_batcher: Factory) 
     engine = FakeEngine(blocked=True)
     batcher = await make_batcher(engine, max_batch_size=1, max_wait_ms=0)
     try:
-        tasks = [asyncio.create_task(batcher.submit(0))]
-        await engine.wait_started()
-        tasks += [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
-        await settle()
+        tasks = await occupy(batcher, engine, queued=2)
         t0 = time.monotonic()
         await batcher.stop(timeout_s=0.05)
         assert time.monotonic() - t0 < 0.5

@@ -9,8 +9,10 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
+from service.http.app import create_app
 from service.telemetry.logs import ACCESS_LOGGER, JsonFormatter, PlainFormatter, configure_logging
 from service.telemetry.tracing import Tracer
 from tests.fakes import FakeBackend
@@ -152,3 +154,30 @@ async def test_a_failed_item_still_logs_its_queue_wait_and_batch(access_lines: i
     assert response.status_code == 502
     assert (line["error_code"], line["batch_size"]) == ("invalid_model_output", 1)
     assert line["queue_ms"] is not None
+
+
+async def test_an_unhandled_error_is_one_500_counted_and_logged_once(
+    access_lines: io.StringIO,
+) -> None:
+    """Starlette answers a bug's 500 outside every middleware; the record still says so."""
+    app = create_app(settings(), FakeBackend())
+
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/boom", boom)
+    # The ASGI transport would re-raise what Starlette re-raises after answering.
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+    ):
+        response = await client.get("/boom")
+    registry = app.state.metrics.registry
+    assert response.status_code == 500
+    assert response.json()["code"] == "internal_error"
+    assert registry.get_sample_value("ff_errors_total", {"code": "internal_error"}) == 1.0
+    assert registry.get_sample_value("ff_requests_total", {"route": "/boom", "status": "500"}) == 1
+    (line,) = parsed(access_lines)
+    assert (line["route"], line["status"], line["error_code"]) == ("/boom", 500, "internal_error")
+    assert line["latency_ms"] > 0
