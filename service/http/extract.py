@@ -26,7 +26,7 @@ from service.http.auth import require_api_key
 from service.http.deps import get_extractor, model_ref
 from service.http.disconnect import cancel_on_disconnect
 from service.http.middleware import request_id_of
-from service.http.schemas import problem_responses
+from service.http.openapi import problem_responses
 from service.settings import Settings
 from service.telemetry.record import current_record
 

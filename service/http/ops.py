@@ -13,7 +13,7 @@ from service.core.lifecycle import Runtime
 from service.errors import ServiceError
 from service.http.auth import require_api_key
 from service.http.deps import get_runtime
-from service.http.schemas import problem_responses
+from service.http.openapi import problem_responses
 from service.telemetry.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["operations"])
