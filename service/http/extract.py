@@ -73,10 +73,13 @@ def _validation_detail(exc: ValidationError) -> str:
     )
 
 
-async def _uploaded_images(request: Request, settings: Settings) -> list[bytes]:
-    too_many = ServiceError(
+def _too_many_images(settings: Settings) -> ServiceError:
+    return ServiceError(
         ErrorCode.TOO_MANY_ITEMS, f"at most {settings.max_batch_items} images per request"
     )
+
+
+async def _uploaded_images(request: Request, settings: Settings) -> list[bytes]:
     try:
         # Multipart limits: files as configured (+1 to tell "too many"), few and small text
         # fields (the API reads none); the body cap bounds what the parser can spool.
@@ -87,14 +90,14 @@ async def _uploaded_images(request: Request, settings: Settings) -> list[bytes]:
         # The parser stops at max_files (so a huge batch is not spooled to disk first); that
         # is this API's too_many_items, not a malformed request.
         if str(exc.detail).startswith("Too many files"):
-            raise too_many from exc
+            raise _too_many_images(settings) from exc
         raise ServiceError(ErrorCode.INVALID_REQUEST, str(exc.detail)) from exc
     try:
         files = form.getlist("image")
         if not files:
             raise ServiceError(ErrorCode.INVALID_REQUEST, "multipart field 'image' is missing")
         if len(files) > settings.max_batch_items:
-            raise too_many
+            raise _too_many_images(settings)
         images = []
         for upload in files:
             if not isinstance(upload, UploadFile):
