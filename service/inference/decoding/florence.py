@@ -10,6 +10,7 @@ except that positions come per row and the key mask may have holes.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,25 @@ from transformers.masking_utils import create_bidirectional_mask, create_causal_
 
 class UnsupportedModelError(TypeError):
     """The model is not a Florence-2 with a BART-style decoder this loop can drive."""
+
+
+def _cache_keyword(function: Any) -> str:
+    """The name ``function`` takes the KV cache under: ``past_key_values`` in transformers
+    5.17, ``cache`` in later releases (5.24 still maps the old name, with a deprecation
+    warning, until 5.40).
+
+    Both the mask helper and the decoder layers must get the name they declare: the layers
+    also take ``**kwargs``, so a wrong name is swallowed there and the layer silently runs
+    without its cache, attending to the new block alone.
+    """
+    parameters = inspect.signature(function).parameters  # follows the deprecation wrapper
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    raise UnsupportedModelError(f"{getattr(function, '__qualname__', function)} takes no KV cache")
+
+
+_MASK_CACHE = _cache_keyword(create_causal_mask)
 
 
 @dataclass(slots=True)
@@ -49,6 +69,9 @@ class Florence2Stepper:
                 f"jump-forward decoding needs Florence-2's BART decoder: {exc}"
             ) from exc
         self._config = self._decoder.config
+        self._layer_cache = (
+            _cache_keyword(type(self._layers[0]).forward) if self._layers else "cache"
+        )
         if getattr(self._decoder, "layer_norm", None) is not None:
             # mBART-style decoders end with a layer norm that BartDecoder does not have.
             raise UnsupportedModelError("decoders with a final layer norm are not supported")
@@ -101,7 +124,7 @@ class Florence2Stepper:
             config=self._config,
             inputs_embeds=embeds,
             attention_mask=key_mask,
-            cache=cache.self_attention_cache,
+            **{_MASK_CACHE: cache.self_attention_cache},
         )
         cross_mask = create_bidirectional_mask(
             config=self._config,
@@ -115,8 +138,8 @@ class Florence2Stepper:
                 self_mask,
                 encoder.hidden,
                 encoder_attention_mask=cross_mask,
-                cache=cache,
                 use_cache=True,
+                **{self._layer_cache: cache},
             )
         return torch.as_tensor(hidden)
 
