@@ -13,8 +13,14 @@ TORCH_INDEX_URL ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip
+# The lowest supported versions (scripts/constraints-min.txt), runtime and test runner only.
+VENV_MIN ?= .venv-min
+STAMP_MIN := $(VENV_MIN)/.installed
+MIN_TESTS ?= tests/service/inference
+# A bound on the minimum-versions run (about 5 min here), so a hang cannot eat CI's budget.
+MIN_TIMEOUT_S ?= 900
 
-.PHONY: install run test lint imports typecheck check bench clean
+.PHONY: install run test test-min lint imports typecheck check bench clean
 
 # scripts/install.sh is the one install path: the Dockerfile runs it too (same torch step,
 # same pinned versions from scripts/constraints.txt).
@@ -25,6 +31,12 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml scripts/install.sh script
 
 install: $(STAMP)
 
+$(STAMP_MIN): pyproject.toml clients/python/pyproject.toml scripts/install.sh scripts/constraints-min.txt
+	PYTHON="$(PYTHON)" TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX_URL="$(TORCH_INDEX_URL)" \
+		CONSTRAINTS=scripts/constraints-min.txt \
+		sh scripts/install.sh $(VENV_MIN) -e ./clients/python -e ".[test]"
+	touch $(STAMP_MIN)
+
 ## Start the service on 0.0.0.0:8000 (FF_* env to configure; demo model when FF_MODEL_PATH is unset)
 run: $(STAMP)
 	$(BIN)/fashion-florence serve
@@ -32,6 +44,10 @@ run: $(STAMP)
 ## The whole test suite (CPU; GPU tests skip themselves without a CUDA device)
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+## The engine and decoding tests once more, on the lowest supported versions (.venv-min)
+test-min: $(STAMP_MIN)
+	timeout $(MIN_TIMEOUT_S) $(VENV_MIN)/bin/python -m pytest -q $(MIN_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check service model_store tests bench scripts deploy clients
@@ -53,4 +69,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_MIN) .pytest_cache .mypy_cache .ruff_cache
