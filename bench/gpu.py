@@ -63,7 +63,7 @@ GPU_BATCH_SIZES: Final = (1, 8, 16, 32, 64, 128)
 QUICK_BATCH_SIZES: Final = (1, 4)
 #: Under the 8 minutes a GPU check gets, with room for gpu.sh's import check and tests.
 DEFAULT_BUDGET_S: Final = 330.0
-DRY_RUN_BUDGET_S: Final = 45.0
+DRY_RUN_BUDGET_S: Final = 30.0
 
 
 def device_slug(device: torch.device) -> str:

@@ -22,36 +22,39 @@ from service.inference.decoding.decoders import DecodingMode
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-#: Runs bench.gpu as `python -m` would, with the service half's packages made unimportable:
-#: a host with torch but without FastAPI must still run the sweep.
-WITHOUT_FASTAPI = """
-import runpy, sys
 
-class Absent:
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in {"fastapi", "starlette", "uvicorn", "multipart"}:
-            raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
-        return None
+def hide(directory: Path, *modules: str) -> dict[str, str]:
+    """An environment in which ``modules`` fail to import, as on a host without them."""
+    for name in modules:
+        package = directory / name
+        package.mkdir(parents=True, exist_ok=True)
+        message = f"No module named {name!r} (hidden by the test)"
+        (package / "__init__.py").write_text(f"raise ModuleNotFoundError({message!r})\n")
+    return {**os.environ, "PYTHONPATH": str(directory), "HF_HUB_OFFLINE": "1"}
 
-sys.meta_path.insert(0, Absent())
-sys.argv = ["bench.gpu", *sys.argv[1:]]
-runpy.run_module("bench.gpu", run_name="__main__", alter_sys=True)
-"""
+
+def gpu_sh(
+    *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    command = ["sh", "bench/gpu.sh", "--python", sys.executable, *args]
+    return subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        check=False,
+    )  # fmt: skip
 
 
 @pytest.mark.slow
 def test_dry_run_without_fastapi_records_every_point(tmp_path: Path) -> None:
+    """gpu.sh's whole control flow on CPU: the check, then bench.gpu --dry-run, on a
+    Python where FastAPI and uvicorn do not import (--skip-service must not need them)."""
     out = tmp_path / "results" / "gpu.json"
-    command = [
-        sys.executable, "-c", WITHOUT_FASTAPI, "--dry-run", "--skip-service",
-        "--cache-dir", str(tmp_path / "models"), "--out", str(out),
-        "--fail-point", "constrained:1",
-    ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = hide(tmp_path / "hidden", "fastapi", "starlette", "uvicorn")
     started = time.perf_counter()
-    done = subprocess.run(
-        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    done = gpu_sh(
+        "--skip-tests", "--dry-run", "--skip-service", "--cache-dir", str(tmp_path / "models"),
+        "--out", str(out), "--fail-point", "constrained:1", env=env,
+    )  # fmt: skip
+    started = time.perf_counter()
     wall = time.perf_counter() - started
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -80,7 +83,32 @@ def test_dry_run_without_fastapi_records_every_point(tmp_path: Path) -> None:
     assert "service" not in shape
     assert "| constrained | 1 | RuntimeError: injected failure" in done.stdout
     assert "only in float32" in done.stdout
-    assert wall < 60, f"the dry run took {wall:.0f} s"
+    assert "bench.gpu_check: ok" in done.stdout
+    # Its own budget is 30 s; the rest is two Python start-ups on a busy 2-core host.
+    assert wall < 75, f"the dry run took {wall:.0f} s"
+
+
+def test_gpu_sh_fails_in_seconds_naming_what_is_missing(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    no_torch = gpu_sh("--dry-run", env=hide(tmp_path / "a", "torch"), timeout=60)
+    assert no_torch.returncode == 2
+    assert "torch does not import" in no_torch.stderr
+    no_service = gpu_sh("--dry-run", "--skip-tests", env=hide(tmp_path / "b", "uvicorn"))
+    assert no_service.returncode == 2
+    assert "missing uvicorn" in no_service.stderr
+    assert "missing fastapi" not in no_service.stderr
+    no_wheels = gpu_sh("--dry-run", "--wheelhouse", str(tmp_path / "none"), env=dict(os.environ))
+    assert no_wheels.returncode == 2
+    assert "no wheelhouse directory" in no_wheels.stderr
+    assert time.perf_counter() - started < 45
+
+
+def test_the_check_names_each_missing_module() -> None:
+    from bench.gpu_check import main, missing_modules
+
+    (missing,) = missing_modules(["json", "no_such_module_for_the_check"])
+    assert missing.startswith("no_such_module_for_the_check: ModuleNotFoundError")
+    assert main(["--device", "cpu", "--skip-tests"]) == 0
 
 
 class FakeEngine:
