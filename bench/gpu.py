@@ -4,7 +4,7 @@
     python -m bench.gpu --preset florence-2-base --out OUT.json [--skip-service]
     python -m bench.gpu --dry-run --skip-service --out /tmp/dry.json    # CPU, same control flow
 
-Per shape, within ONE wall-clock budget (``--budget-s``, default 330 s) that covers
+Per shape, within ONE wall-clock budget (``--budget-s``, default 300 s) that covers
 everything (build, load, grammar compiles, the sweep, FLOP counting, the service suite),
 with no network (HF_HUB_OFFLINE=1):
 
@@ -62,7 +62,7 @@ DEFAULT_SHAPES: Final = ("florence-2-base", "florence-2-large")
 GPU_BATCH_SIZES: Final = (1, 8, 16, 32, 64, 128)
 QUICK_BATCH_SIZES: Final = (1, 4)
 #: Under the 8 minutes a GPU check gets, with room for gpu.sh's import check and tests.
-DEFAULT_BUDGET_S: Final = 330.0
+DEFAULT_BUDGET_S: Final = 300.0
 DRY_RUN_BUDGET_S: Final = 30.0
 
 

@@ -11,10 +11,10 @@
 #    must already import the project's dependencies;
 # 2. bench.gpu_check: torch and the CUDA device first, then every module the run needs;
 #    it fails in seconds, naming what is missing;
-# 3. the gpu-marked tests (bounded by GPU_TESTS_TIMEOUT_S, default 120 s; --skip-tests);
+# 3. the gpu-marked tests (bounded by GPU_TESTS_TIMEOUT_S, default 90 s; --skip-tests);
 # 4. python -m bench.gpu with the remaining arguments (see its --help), which keeps to its
-#    own --budget-s (default 330 s) and writes its report after every point; a hard
-#    timeout of the budget plus 60 s ends a run that a wedged device would hang.
+#    own --budget-s (default 300 s) and writes its report after every point; a hard
+#    timeout of the budget plus 30 s ends a run that a wedged device would hang.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -23,7 +23,7 @@ wheelhouse=
 tests=1
 device=cuda
 service=1
-budget=330
+budget=300
 site=${SITE:-$PWD/.gpu-site}
 fail() { echo "bench/gpu.sh: $*" >&2; exit 2; }
 
@@ -87,13 +87,13 @@ if [ "$tests" = 1 ]; then
     # -m gpu: only the device tests; each skips itself without CUDA. -p no:cacheprovider:
     # the run must not write into the tree. A failure does not stop the benchmark (its
     # figures are still wanted) but is this script's exit status.
-    with_timeout "${GPU_TESTS_TIMEOUT_S:-120}" "$python" -m pytest -q -m gpu \
+    with_timeout "${GPU_TESTS_TIMEOUT_S:-90}" "$python" -m pytest -q -m gpu \
         -p no:cacheprovider tests/service/inference/test_engine_device.py \
         tests/service/inference/test_gpu_engine.py || tests_status=$?
     [ "$tests_status" = 0 ] || echo "bench/gpu.sh: gpu-marked tests failed ($tests_status)" >&2
 fi
 
-hard_limit=$(( ${budget%.*} + 60 ))
+hard_limit=$(( ${budget%.*} + 30 ))
 bench_status=0
 with_timeout "$hard_limit" "$python" -m bench.gpu "$@" || bench_status=$?
 [ "$bench_status" = 0 ] || exit "$bench_status"
