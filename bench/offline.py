@@ -33,8 +33,9 @@ from PIL import Image
 
 from bench.load import payloads as synthetic_payloads
 from bench.models import prepare_model
+from bench.sweep_table import img_s_at, knee, markdown_table
 from model_store.loading import LoadedModel
-from service.backend import DeviceOutOfMemoryError, PreparedImage
+from service.backend import DeviceFatalError, DeviceOutOfMemoryError, PreparedImage
 from service.inference.decoding.decoders import Decoded, Decoder, DecodingMode
 from service.inference.engine import FlorenceEngine
 
@@ -43,9 +44,11 @@ ALL_MODES: Final = tuple(DecodingMode)
 #: Constrained modes get the service's default bound: the grammar ends their output, and
 #: a smaller bound than the schema's longest output is refused by the engine.
 CONSTRAINED_MAX_NEW_TOKENS: Final = 256
-KNEE_FRACTION: Final = 0.9
 
 Row = dict[str, Any]
+
+#: Callers read the sweep's rows through this module too (moved to keep it short).
+__all__ = ["img_s_at", "knee", "markdown_table"]
 
 
 class PassCounter:
@@ -200,13 +203,20 @@ def measure_point(
     }
 
 
-def _failed_row(mode: DecodingMode, size: int, reason: str) -> Row:
+def _failed_row(mode: DecodingMode, size: int, reason: str, error: str | None = None) -> Row:
     return {
         "mode": mode.value, "batch_size": size, "images": 0, "img_s": None,
         "tokens_per_image": None, "forward_passes_per_image": None,
         "peak_device_memory_bytes": None, "wall_s": 0.0,
-        "oom": reason == "oom", "skipped": None if reason == "oom" else reason,
+        "oom": reason == "oom", "skipped": None if reason in ("oom", "error") else reason,
+        "error": error,
     }  # fmt: skip
+
+
+def _release(engine: FlorenceEngine) -> None:
+    """After a failed point: give back what its batch held before the next one."""
+    if torch.device(engine.info.device).type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def sweep_engines(
@@ -217,34 +227,65 @@ def sweep_engines(
     images_per_point: int,
     time_budget_s: float,
     sweep_budget_s: float | None = None,
+    on_row: Callable[[Row], None] | None = None,
+    fail_points: frozenset[tuple[str, int]] = frozenset(),
 ) -> list[Row]:
     """Batch sizes outer, modes inner, so a sweep cut short by ``sweep_budget_s`` loses the
     largest batches of every mode alike. A point is skipped when its predicted time (two
     batches at the mode's last per-image time) would pass that budget; after a device OOM
-    the mode's larger batch sizes are skipped."""
+    the mode's larger batch sizes are skipped.
+
+    Every point is isolated: an error in one is recorded in its row (``error``) and the
+    sweep goes on, except after a fatal device error, when every later point would fail
+    too and is skipped. ``on_row`` gets each row as soon as it exists (the caller writes
+    its report there, so a run cut short keeps every point it measured). ``fail_points``
+    ((mode, batch size) pairs) raise inside the point instead of running it: how the dry
+    run shows the isolation."""
     deadline = None if sweep_budget_s is None else time.perf_counter() + sweep_budget_s
     seconds_per_image: dict[DecodingMode, float] = {}
     out_of_memory: set[DecodingMode] = set()
+    fatal: str | None = None
     rows: list[Row] = []
+
+    def record(row: Row) -> None:
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+
     for size in sorted(batch_sizes):
         for mode, engine in engines.items():
+            if fatal is not None:
+                record(_failed_row(mode, size, f"device unusable after: {fatal}"))
+                continue
             if mode in out_of_memory:
-                rows.append(_failed_row(mode, size, "larger batch ran out of memory"))
+                record(_failed_row(mode, size, "larger batch ran out of memory"))
                 continue
             predicted = 2 * size * seconds_per_image.get(mode, 0.0)
             if deadline is not None and time.perf_counter() + predicted > deadline:
-                rows.append(_failed_row(mode, size, "sweep time budget spent"))
+                record(_failed_row(mode, size, "sweep time budget spent"))
                 continue
+            error: str | None = None
             try:
+                if (mode.value, size) in fail_points:
+                    raise RuntimeError(f"injected failure at {mode.value} batch {size}")
                 row = measure_point(
                     engine, prepared, size, max(images_per_point, size), time_budget_s
                 )
             except DeviceOutOfMemoryError:
                 out_of_memory.add(mode)
-                rows.append(_failed_row(mode, size, "oom"))
+                error = "oom"
+            except DeviceFatalError as exc:
+                fatal = error = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            if error is not None:
+                # Outside the except block, so the traceback no longer pins the batch.
+                _release(engine)
+                oom = error == "oom"
+                record(_failed_row(mode, size, "oom" if oom else "error", None if oom else error))
                 continue
             seconds_per_image[mode] = 1.0 / row["img_s"]
-            rows.append({"mode": mode.value, **row})
+            record({"mode": mode.value, **row})
     return rows
 
 
@@ -276,56 +317,6 @@ def offline_sweep(
         time_budget_s=time_budget_s,
         sweep_budget_s=sweep_budget_s,
     )
-
-
-def img_s_at(rows: Sequence[Row], mode: DecodingMode, batch_size: int | None) -> float | None:
-    """The measured images/s at (mode, batch size); None if that point did not run."""
-    for row in rows:
-        if row["mode"] == mode.value and row["batch_size"] == batch_size:
-            return float(row["img_s"]) if row.get("img_s") else None
-    return None
-
-
-def knee(rows: Sequence[Row], fraction: float = KNEE_FRACTION) -> dict[str, int]:
-    """Per mode, the smallest batch size reaching ``fraction`` of the mode's best img/s:
-    larger batches buy little throughput and cost latency and memory."""
-    best: dict[str, float] = {}
-    for row in rows:
-        if row.get("img_s") is not None:
-            best[row["mode"]] = max(best.get(row["mode"], 0.0), row["img_s"])
-    knees: dict[str, int] = {}
-    for row in sorted(rows, key=lambda r: int(r["batch_size"])):
-        mode, rate = row["mode"], row.get("img_s")
-        if mode not in knees and rate is not None and rate >= fraction * best[mode]:
-            knees[mode] = int(row["batch_size"])
-    return knees
-
-
-def _mib(value: int | None) -> str:
-    return "-" if value is None else f"{value / 2**20:.0f}"
-
-
-def markdown_table(rows: Sequence[Row]) -> str:
-    """One line per point; extra columns (e.g. ``fraction_of_bound``) when present."""
-    bound = any("fraction_of_bound" in row for row in rows)
-    header = "| mode | batch | img/s | tokens/img | passes/img | peak MiB | images | wall s |"
-    lines = [header + (" % of bound |" if bound else ""), "|---" * (9 if bound else 8) + "|"]
-    for row in rows:
-        if row.get("img_s") is None:
-            why = "out of memory" if row.get("oom") else row.get("skipped", "")
-            lines.append(f"| {row['mode']} | {row['batch_size']} | {why} |")
-            continue
-        passes = row.get("forward_passes_per_image")
-        line = (
-            f"| {row['mode']} | {row['batch_size']} | {row['img_s']:.1f} | "
-            f"{row['tokens_per_image']:.1f} | {'-' if passes is None else f'{passes:.1f}'} | "
-            f"{_mib(row['peak_device_memory_bytes'])} | {row['images']}"
-            f"{'' if row.get('complete', True) else ' (budget)'} | {row['wall_s']:.2f} |"
-        )
-        if bound:
-            line += f" {100 * row.get('fraction_of_bound', 0.0):.2f} |"
-        lines.append(line)
-    return "\n".join(lines)
 
 
 def machine_line() -> str:

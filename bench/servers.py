@@ -120,6 +120,24 @@ def spawn(
     return handle
 
 
+#: How our service's probes describe an engine that will never serve (see
+#: ``service.core.lifecycle.Runtime.liveness``): the model failed to load, or broke.
+FAILED_DETAIL_PREFIXES: Final = ("engine failed", "engine dead")
+
+
+def failed_phase(response: httpx.Response) -> str | None:
+    """The probe's detail when it says the server will never be ready, else None."""
+    if response.status_code != 503:
+        return None
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return None  # not our service's probe body: keep waiting
+    if isinstance(detail, str) and detail.startswith(FAILED_DETAIL_PREFIXES):
+        return detail
+    return None
+
+
 def _wait_ready(handle: ServerHandle, path: str, started: float, timeout_s: float) -> float:
     with httpx.Client(base_url=handle.base_url, timeout=2.0, trust_env=False) as client:
         while time.perf_counter() - started < timeout_s:
@@ -129,10 +147,19 @@ def _wait_ready(handle: ServerHandle, path: str, started: float, timeout_s: floa
                     f"ready; its output ended:\n{handle.log_tail()}"
                 )
             try:
-                if client.get(path).is_success:
-                    return time.perf_counter() - started
+                response = client.get(path)
             except httpx.TransportError:
-                pass  # not listening yet
+                response = None  # not listening yet
+            if response is not None and response.is_success:
+                return time.perf_counter() - started
+            failed = None if response is None else failed_phase(response)
+            if failed is not None:
+                # Our service stays up with its probes at 503 when the model cannot load:
+                # waiting out the timeout would only delay the same answer.
+                raise ServerStartError(
+                    f"server at {handle.base_url} will not become ready: {failed}; its "
+                    f"output ended:\n{handle.log_tail()}"
+                )
             time.sleep(0.02)
     raise ServerStartError(
         f"server not ready at {handle.base_url}{path} within {timeout_s:.0f} s; "

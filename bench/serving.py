@@ -18,6 +18,7 @@ limit. It measures:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,8 @@ SERVICE_MODE: Final = decoding_mode(Settings.model_construct())
 WAIT_POLICY_MS: Final = 5.0
 #: The paper demo's beam count.
 PAPER_BEAMS: Final = 3
+#: A model server's start (load, grammar compile, warm-up) as budgeted for a GPU run.
+STARTUP_S: Final = 30.0
 
 
 @dataclass(frozen=True)
@@ -150,22 +153,50 @@ def service_suite(
     quick: bool = False,
     image_size: int = 128,
     device: str = "auto",
+    deadline: float | None = None,
 ) -> Row:
-    """All of the service figures; ``extra_env`` configures every spawn of our service."""
+    """All of the service figures; ``extra_env`` configures every spawn of our service.
+
+    With a ``deadline`` (``time.perf_counter()`` seconds) each part runs only if its
+    estimated time is left, and a part that fails is recorded with its error while the
+    others still run: a GPU run must end in time and keep what it measured."""
     plan = SuitePlan.quick() if quick else SuitePlan()
     env = dict(extra_env or {})
-    service = sweep_service(model_dir, payloads, env, plan)
-    waits = wait_policy(model_dir, payloads, env, plan)
-    demo = paper_demo(model_dir, payloads, device, plan)
-    plumbing_rows = plumbing(payloads, image_size, plan)
-    return {
-        "plan": plan.__dict__,
-        "service": service,
-        "dispatch_wait": waits,
-        "paper_demo": demo,
-        "plumbing": plumbing_rows,
-        "ratios": ratios(service, demo, plumbing_rows),
+    parts: dict[str, tuple[float, Callable[[], Any]]] = {
+        "service": (
+            STARTUP_S + plan.point_s * (len(plan.concurrencies) + len(plan.open_fractions) + 1),
+            lambda: sweep_service(model_dir, payloads, env, plan),
+        ),
+        "dispatch_wait": (
+            STARTUP_S + plan.point_s * len(plan.policy_concurrencies),
+            lambda: wait_policy(model_dir, payloads, env, plan),
+        ),
+        "paper_demo": (
+            STARTUP_S + plan.point_s,
+            lambda: paper_demo(model_dir, payloads, device, plan),
+        ),
+        "plumbing": (
+            3 * (5.0 + plan.point_s * len(plan.plumbing_concurrencies)),
+            lambda: plumbing(payloads, image_size, plan),
+        ),
     }
+    out: Row = {"plan": plan.__dict__}
+    for name, (estimate_s, work) in parts.items():
+        if deadline is None:
+            out[name] = work()
+            continue
+        left = deadline - time.perf_counter()
+        if left < estimate_s:
+            out[name] = {"skipped": f"{left:.0f} s left of the budget, ~{estimate_s:.0f} s needed"}
+            continue
+        try:
+            out[name] = work()
+        except Exception as exc:
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    if all(name in out and "error" not in out[name] and "skipped" not in out[name]
+           for name in ("service", "paper_demo", "plumbing")):  # fmt: skip
+        out["ratios"] = ratios(out["service"], out["paper_demo"], out["plumbing"])
+    return out
 
 
 def _at(rows: Sequence[Row], concurrency: int) -> Row:

@@ -87,7 +87,9 @@ class InferenceBackend(Protocol):
 
     def check_device(self) -> None:
         """A tiny round trip to the device for liveness; raises DeviceFatalError if the
-        device is unusable. Must be cheap (it runs on every liveness probe)."""
+        device is unusable. Any other exception is taken as transient (busy, momentarily
+        out of memory), not as a dead engine. Must be cheap (it runs on every liveness
+        probe)."""
         ...
 
     def close(self) -> None: ...

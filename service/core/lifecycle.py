@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 from typing import Final
 
-from service.backend import InferenceBackend, ModelInfo
+from service.backend import DeviceFatalError, InferenceBackend, ModelInfo
 from service.core.extraction import Extractor
 from service.intake import fetcher_from_settings
 from service.settings import Settings
@@ -32,7 +32,8 @@ BackendLoader = Callable[[Settings], InferenceBackend]
 #: batch running means the event loop itself is wedged.
 HEARTBEAT_STALE_S: Final = 30.0
 #: A device round trip slower than this is "busy", not dead: the engine thread may hold
-#: the device with a long batch. Only an error from the device marks the engine dead.
+#: the device with a long batch. Only a DeviceFatalError from the device check marks the
+#: engine dead.
 DEVICE_CHECK_TIMEOUT_S: Final = 2.0
 
 
@@ -221,9 +222,15 @@ class Runtime:
             await asyncio.wait_for(asyncio.shield(self._device_check), DEVICE_CHECK_TIMEOUT_S)
         except TimeoutError:
             return True  # busy, not dead: the stall limit decides about long batches
-        except Exception as exc:
+        except DeviceFatalError as exc:
             self.mark_dead(f"device check failed: {exc}")
             return False
+        except Exception as exc:
+            # The backend classifies: anything but DeviceFatalError is transient (say, no
+            # memory for the probe's one element while a batch is being split), and
+            # restarting the pod for it would drop every request in flight.
+            log.warning("device check failed, treated as transient: %r", exc)
+            return True
         return True
 
     async def readiness(self) -> tuple[bool, str]:

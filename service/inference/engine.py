@@ -81,6 +81,29 @@ def is_sticky_cuda_error(exc: BaseException) -> bool:
     return any(marker in message for marker in STICKY_CUDA_ERRORS)
 
 
+#: Allocation failures that CUDA libraries report as a plain RuntimeError rather than
+#: torch.OutOfMemoryError: near the memory limit cuBLAS/cuDNN cannot get their workspace
+#: or handle. They leave the context usable, so a smaller batch can still succeed.
+DEVICE_ALLOCATION_ERRORS: Final = (
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    # cublasCreate fails this way when there is no memory left for the handle.
+    "CUBLAS_STATUS_NOT_INITIALIZED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE",
+    "CUSOLVER_STATUS_ALLOC_FAILED",
+    "CUFFT_ALLOC_FAILED",
+    "CUDA error: out of memory",
+)
+
+
+def is_device_allocation_error(exc: BaseException) -> bool:
+    """True for any device out-of-memory, also one that arrives as a plain RuntimeError."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    message = str(exc)
+    return any(marker in message for marker in DEVICE_ALLOCATION_ERRORS)
+
+
 class FlorenceEngine:
     """Implements :class:`service.backend.InferenceBackend` on a real Florence-2."""
 
@@ -174,7 +197,12 @@ class FlorenceEngine:
             # A one-element round trip: raises if the context hit a sticky error.
             torch.ones(1, device=self._device).add_(1).item()
         except RuntimeError as exc:
-            raise DeviceFatalError(f"device check failed: {exc}") from exc
+            # Only a sticky error is fatal. Anything else (an OOM for this one element
+            # while a batch fills the device and is being split) says the device is busy:
+            # raised as is, so the caller can tell it from a dead device.
+            if is_sticky_cuda_error(exc):
+                raise DeviceFatalError(f"device check failed: {exc}") from exc
+            raise
 
     def close(self) -> None:
         if self._device.type == "cuda":
@@ -187,13 +215,12 @@ class FlorenceEngine:
             return []
         try:
             return self._generate(images)
-        except torch.cuda.OutOfMemoryError:
-            pass
-        except RuntimeError as exc:
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one too
             if self._device.type == "cuda" and is_sticky_cuda_error(exc):
                 raise DeviceFatalError(str(exc)) from exc
-            raise
-        # Only OOM gets here. Release outside the except block: a live traceback would pin
+            if not is_device_allocation_error(exc):
+                raise
+        # Only an out-of-memory gets here. Release outside the except block: a live traceback would pin
         # the batch's tensors and the retry would run out of memory again.
         if self._device.type == "cuda":
             torch.cuda.empty_cache()

@@ -7,11 +7,13 @@ from pathlib import Path
 import torch
 
 from bench.flops import (
+    PEAKS,
     FlopProfile,
     _counted,
     bound_img_s,
     fraction_of_bound,
     profile_directory,
+    profile_model,
 )
 
 
@@ -50,3 +52,17 @@ def test_profile_interpolates_and_extrapolates_decoder_steps() -> None:
 def test_bound_and_fraction() -> None:
     assert bound_img_s(462e9, 790e12) == 790e12 / 462e9
     assert fraction_of_bound(171.0, 462e9, 790e12) == 171.0 / (790e12 / 462e9)
+
+
+def test_extrapolated_decoder_steps_equal_counting_every_step(demo_model_dir: Path) -> None:
+    from bench.offline import load
+
+    loaded = load(demo_model_dir, device="cpu", verify_checksums=False)
+    args = (loaded.model, loaded.processor, loaded.manifest.prompt)
+    full = profile_model(*args, steps=40, counted_steps=None)
+    cheap = profile_model(*args, steps=40)
+    assert cheap == full
+
+
+def test_bounds_are_reported_against_both_named_peaks() -> None:
+    assert PEAKS == {"measured_matmul_790": 790e12, "spec_dense_bf16_989": 989e12}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from bench.servers import (
     free_port,
     peak_rss_bytes,
     spawn,
+    spawn_service,
 )
 
 
@@ -42,3 +44,47 @@ def test_children_get_only_the_ff_variables_given(monkeypatch: pytest.MonkeyPatc
 
 def test_peak_rss_is_read_from_proc() -> None:
     assert peak_rss_bytes(os.getpid()) > 10 * 1024 * 1024  # a Python with pytest loaded
+
+
+FAILING_PROBE = """
+import http.server, json, sys
+
+class Probe(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"status": "unavailable", "detail": sys.argv[2]}).encode()
+        self.send_response(503)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Probe).serve_forever()
+"""
+
+
+def test_a_server_whose_model_failed_to_load_is_reported_at_once() -> None:
+    port = free_port()
+    detail = "engine failed: OSError: no model at /nowhere"
+    argv = [sys.executable, "-c", FAILING_PROBE, str(port), detail]
+    started = time.perf_counter()
+    with pytest.raises(ServerStartError, match="will not become ready: engine failed"):
+        spawn(argv, {}, port, timeout_s=60)
+    assert time.perf_counter() - started < 15  # not the 60 s timeout
+
+
+def test_a_server_still_loading_is_waited_for() -> None:
+    port = free_port()
+    argv = [sys.executable, "-c", FAILING_PROBE, str(port), "loading"]
+    with pytest.raises(ServerStartError, match="not ready"):
+        spawn(argv, {}, port, timeout_s=2.0)
+
+
+@pytest.mark.slow
+def test_our_service_with_a_missing_model_fails_fast(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    with pytest.raises(ServerStartError, match="engine failed"):
+        spawn_service(tmp_path / "no-model", timeout_s=90)
+    assert time.perf_counter() - started < 60

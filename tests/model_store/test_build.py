@@ -96,6 +96,21 @@ def test_demo_build_depends_on_the_seed(tmp_path: Path) -> None:
     assert zero["tokenizer.json"] == one["tokenizer.json"]
 
 
+def test_a_build_in_bf16_stores_bf16_weights_that_match_the_fp32_draw(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    manifest = build_model("demo", tmp_path / "bf16", device="cpu", dtype=torch.bfloat16)
+    build_model("demo", tmp_path / "fp32")
+    assert manifest.dtype == "bfloat16"
+    verify_directory(tmp_path / "bf16", check_checksums=True)
+    half = load_file(tmp_path / "bf16" / "model.safetensors")
+    full = load_file(tmp_path / "fp32" / "model.safetensors")
+    assert half.keys() == full.keys()
+    assert all(t.dtype == torch.bfloat16 for t in half.values())
+    # The same seed draws the same weights: bf16 is the fp32 build, rounded.
+    assert all(torch.equal(half[k], full[k].to(torch.bfloat16)) for k in half)
+
+
 def test_rebuilding_over_an_existing_directory_replaces_it(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     build_model("demo", out, seed=1)

@@ -11,7 +11,10 @@ import torch
 
 from fashion_florence_client.schema import FashionAttributes
 from model_store.manifest import MANIFEST_NAME, sha256_file
+from service.backend import DeviceFatalError, DeviceOutOfMemoryError
+from service.inference.decoding.decoders import Decoded, Decoder
 from service.inference.engine import (
+    FlorenceEngine,
     cpu_threads_for_model,
     load_engine,
     resolve_device,
@@ -135,3 +138,79 @@ def test_load_engine_applies_the_thread_setting(demo_model_dir: Path) -> None:
     torch.set_num_threads(2)  # so the assertion below can fail on a one-core machine too
     load_engine(Settings(model_path=str(demo_model_dir), device="cpu", torch_threads=1))
     assert torch.get_num_threads() == 1  # the autouse fixture restores it afterwards
+
+
+class RaisingDecoder:
+    """Stands in for the engine's decoder and raises what a CUDA library would."""
+
+    def __init__(self, inner: Decoder, error: Exception) -> None:
+        self.mode = inner.mode
+        self.grammar = inner.grammar
+        self.error = error
+
+    def decode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
+    ) -> list[Decoded]:
+        raise self.error
+
+
+def demo_engine(demo_model_dir: Path) -> FlorenceEngine:
+    return load_engine(
+        Settings(
+            model_path=str(demo_model_dir),
+            device="cpu",
+            constrained_decoding=False,
+            max_new_tokens=8,
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+        "CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`",
+        "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+        "cuDNN error: CUDNN_STATUS_NOT_ENOUGH_WORKSPACE",
+        "CUDA error: out of memory",
+    ],
+)
+def test_library_allocation_failures_are_device_oom(demo_model_dir: Path, message: str) -> None:
+    engine = demo_engine(demo_model_dir)
+    image = engine.preprocess(garment_image((200, 30, 30), random.Random(1)))
+    engine._decoder = RaisingDecoder(engine._decoder, RuntimeError(message))
+    with pytest.raises(DeviceOutOfMemoryError):
+        engine.run_batch([image, image])
+
+
+def test_other_runtime_errors_still_fail_the_batch(demo_model_dir: Path) -> None:
+    engine = demo_engine(demo_model_dir)
+    image = engine.preprocess(garment_image((200, 30, 30), random.Random(1)))
+    engine._decoder = RaisingDecoder(engine._decoder, RuntimeError("shape mismatch in matmul"))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        engine.run_batch([image])
+
+
+@pytest.mark.parametrize(
+    ("error", "fatal"),
+    [
+        (RuntimeError("CUDA error: an illegal memory access was encountered"), True),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 MiB"), False),
+        (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED"), False),
+    ],
+)
+def test_device_check_is_fatal_only_for_sticky_errors(
+    demo_model_dir: Path, monkeypatch: pytest.MonkeyPatch, error: Exception, fatal: bool
+) -> None:
+    engine = demo_engine(demo_model_dir)
+    # The check only touches CUDA devices: pretend, and make the touch itself fail.
+    monkeypatch.setattr(engine, "_device", torch.device("cuda"))
+
+    def failing_ones(*_: object, **__: object) -> torch.Tensor:
+        raise error
+
+    monkeypatch.setattr(torch, "ones", failing_ones)
+    expected: type[Exception] = DeviceFatalError if fatal else type(error)
+    with pytest.raises(expected) as caught:
+        engine.check_device()
+    assert isinstance(caught.value, DeviceFatalError) is fatal
