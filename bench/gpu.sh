@@ -65,7 +65,9 @@ export PYTHONPATH=".:clients/python${PYTHONPATH:+:$PYTHONPATH}"
 
 if [ -n "$wheelhouse" ]; then
     [ -d "$wheelhouse" ] || fail "no wheelhouse directory '$wheelhouse'"
-    PYTHON="$python" sh scripts/install.sh --wheelhouse "$wheelhouse" --target "$site" \
+    # --deps-only: the project itself runs from this checkout, which a wheel built from
+    # another commit must not shadow on PYTHONPATH.
+    PYTHON="$python" sh scripts/install.sh --wheelhouse "$wheelhouse" --target "$site" --deps-only \
         || fail "installing from the wheelhouse '$wheelhouse' into '$site' failed"
     export PYTHONPATH="$site:$PYTHONPATH"
 fi
