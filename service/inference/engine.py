@@ -220,8 +220,8 @@ class FlorenceEngine:
                 raise DeviceFatalError(str(exc)) from exc
             if not is_device_allocation_error(exc):
                 raise
-        # Only an out-of-memory gets here. Release outside the except block: a live traceback would pin
-        # the batch's tensors and the retry would run out of memory again.
+        # Only an out-of-memory gets here. Release outside the except block: a live
+        # traceback would pin the batch's tensors and the retry would run out of memory again.
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
         raise DeviceOutOfMemoryError(f"a batch of {len(images)} did not fit on {self._device}")
