@@ -68,10 +68,6 @@ class Admission:
     def held(self) -> int:
         return self._held
 
-    @property
-    def draining(self) -> bool:
-        return self._draining
-
     @asynccontextmanager
     async def permit(self, images: int = 1) -> AsyncIterator[Permit]:
         """``async with admission.permit(n) as permit``: admit a request holding ``images``
