@@ -49,8 +49,12 @@ def _chain(stages: dict[str, list[tuple[str, str]]], name: str) -> list[str]:
     """The stage and the stages it is built FROM (variant bases: all of them)."""
     chain = [name]
     base = stages[name][0][1].split()[0]
-    if base.startswith("base-${"):
-        return chain + [s for s in stages if s.startswith("base-")]
+    if "-${" in base:
+        # A variant stage (base-${VARIANT}, builder-${VARIANT}): every variant and its chain.
+        prefix = base.split("${")[0]
+        for variant in [s for s in stages if s.startswith(prefix)]:
+            chain += _chain(stages, variant)
+        return chain
     if base in stages:
         chain += _chain(stages, base)
     return chain
@@ -87,8 +91,15 @@ def test_image_and_make_share_one_install_path(stages: dict[str, list[tuple[str,
     # Nobody installs packages around the script: no pip in the Dockerfile or the Makefile.
     for name, text in (("Dockerfile", dockerfile), ("Makefile", makefile)):
         assert not re.search(r"pip\s+install", text), f"{name} runs pip itself"
-    builder_runs = [args for instruction, args in stages["builder"] if instruction == "RUN"]
-    assert any("sh scripts/install.sh /opt/venv ." in args for args in builder_runs)
+    cpu_runs = [args for instruction, args in stages["builder-cpu"] if instruction == "RUN"]
+    assert any("sh scripts/install.sh /opt/ff ./clients/python ." in args for args in cpu_runs)
+    # The GPU variant: the offline path a GPU host runs (wheelhouse, then install onto the
+    # base image's torch), never a torch install.
+    gpu_runs = " ".join(a for instruction, a in stages["builder-gpu"] if instruction == "RUN")
+    assert "sh scripts/wheelhouse.sh /tmp/wheels" in gpu_runs
+    assert "sh scripts/install.sh --wheelhouse /tmp/wheels --target /opt/ff" in gpu_runs
+    assert "TORCH_SPEC" not in gpu_runs
+    assert stages["builder"][0][1].startswith("builder-${VARIANT}")
     assert re.search(r"^\t.*sh scripts/install\.sh \$\(VENV\)", makefile, re.MULTILINE)
     # The same torch default everywhere.
     script_default = re.search(r"TORCH_SPEC:-([^}]+)\}", INSTALL_SCRIPT.read_text())
@@ -159,13 +170,19 @@ def test_cpu_and_gpu_variants_share_the_stages(stages: dict[str, list[tuple[str,
     text = DOCKERFILE.read_text()
     assert re.search(r"^ARG VARIANT=cpu$", text, re.MULTILINE)
     assert stages["base-cpu"][0][1].startswith("python:3.11")
-    gpu_base = stages["base-gpu"][0][1]
-    assert gpu_base.startswith("nvidia/cuda:")
-    assert "-runtime-" in gpu_base
-    for name in ("base-cpu", "base-gpu"):
-        image = stages[name][0][1].split()[0]
-        assert ":" in image, f"{name} base is not pinned"
-        assert not image.endswith(":latest"), f"{name} base is not pinned"
+    assert stages["base-gpu"][0][1].startswith("${GPU_BASE}")
+    gpu_base = re.search(r"^ARG GPU_BASE=(\S+)$", text, re.MULTILINE)
+    assert gpu_base, "the GPU base is a build argument with a default"
+    # The default holds a CUDA torch (the variant installs none) and no compilers.
+    assert gpu_base[1].startswith("pytorch/pytorch:")
+    assert re.search(r"-cuda[\d.]+-cudnn\d+-runtime$", gpu_base[1])
+    # The base image's python and torch are used as they are: packages on PYTHONPATH.
+    gpu_env = " ".join(a for instruction, a in stages["base-gpu"] if instruction == "ENV")
+    assert "PYTHONPATH=/opt/ff" in gpu_env
+    assert "VIRTUAL_ENV" not in gpu_env
+    for image in (stages["base-cpu"][0][1].split()[0], gpu_base[1]):
+        assert ":" in image, f"{image} is not pinned"
+        assert not image.endswith(":latest"), f"{image} is not pinned"
 
 
 def _dockerignore_excludes(path: str, patterns: list[str]) -> bool:
