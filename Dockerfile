@@ -6,6 +6,8 @@
 #   GPU:           docker build --build-arg VARIANT=gpu -t fashion-florence:gpu .
 #   Bake the demo model in: --build-arg BAKE_MODEL=demo, then run with
 #                  FF_MODEL_PATH=/opt/models/demo
+#   A Ray cluster's image (deploy/ray): --build-arg EXTRAS=ray adds the [ray] extra; the
+#                  serving image never needs it
 #
 # Models are otherwise mounted read-only (e.g. at /models, FF_MODEL_PATH=/models/<name>); with
 # FF_MODEL_PATH unset the service builds the tiny demo model on first start into
@@ -40,6 +42,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 FROM base AS builder
 ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_INDEX_URL=
+ARG EXTRAS=
 WORKDIR /src
 COPY scripts/install.sh scripts/constraints.txt scripts/
 COPY pyproject.toml README.md ./
@@ -47,7 +50,7 @@ COPY service/ service/
 COPY model_store/ model_store/
 COPY clients/python/ clients/python/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    PYTHON=python3 sh scripts/install.sh /opt/venv ./clients/python . \
+    PYTHON=python3 sh scripts/install.sh /opt/venv ./clients/python ".${EXTRAS:+[$EXTRAS]}" \
     && fashion-florence --help >/dev/null
 
 # ---- models baked in at build time (BAKE_MODEL=none|demo) -----------------------------------
