@@ -111,20 +111,26 @@ def _connect(options: RayJobOptions) -> bool:
     return True
 
 
-def _check_resources(options: RayJobOptions, *, local: bool) -> None:
-    import ray
-
-    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
-    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+def resource_shortfall(options: RayJobOptions, cpus: float, gpus: float) -> str | None:
+    """Why ``cpus`` and ``gpus`` cannot run the job's actors and one intake task, or None."""
     need_cpus = options.actors * options.cpus_per_actor + INTAKE_CPUS
     need_gpus = options.actors * options.gpus_per_actor
     if need_cpus <= cpus and need_gpus <= gpus:
-        return
-    message = (
+        return None
+    return (
         f"{options.actors} actors x {options.cpus_per_actor:g} CPU / "
         f"{options.gpus_per_actor:g} GPU plus {INTAKE_CPUS:g} CPU for intake need "
         f"{need_cpus:g} CPUs and {need_gpus:g} GPUs; Ray has {cpus:g} and {gpus:g}"
     )
+
+
+def _check_resources(options: RayJobOptions, *, local: bool) -> None:
+    import ray
+
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    message = resource_shortfall(options, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
+    if message is None:
+        return
     if local:  # nothing will ever add resources: the job would wait forever
         raise JobError(message + " (lower --actors or --cpus-per-actor)")
     log.warning("%s now; waiting for the cluster to scale up", message)

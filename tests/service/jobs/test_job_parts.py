@@ -14,9 +14,12 @@ import pytest
 from PIL import Image
 
 from service.backend import DeviceOutOfMemoryError, ItemOutcome
+from service.cli import build_parser
 from service.jobs import stages
+from service.jobs.cli import engine_of
 from service.jobs.inputs import InputError, Item, collect_items
 from service.jobs.output import OUTPUT_SCHEMA, read_rows, scan_output
+from service.jobs.ray_job import RayJobOptions, resource_shortfall
 from service.settings import Settings
 from tests.conftest import photo_paths
 from tests.fakes import FakeBackend
@@ -200,3 +203,28 @@ def test_a_failed_batch_is_rows_not_an_exception(
 ) -> None:
     rows = _extract(_Failing(error), monkeypatch)
     assert rows[0]["error_code"] == rows[2]["error_code"] == code
+
+
+# --- driver -----------------------------------------------------------------------------
+
+
+def test_a_local_ray_too_small_for_the_actors_is_refused_not_waited_on() -> None:
+    two_cpus = {"cpus": 2.0, "gpus": 0.0}
+    assert resource_shortfall(RayJobOptions(out="o"), **two_cpus) is None
+    assert (
+        resource_shortfall(RayJobOptions(out="o", actors=2, cpus_per_actor=0.5), **two_cpus) is None
+    )
+    too_many = resource_shortfall(RayJobOptions(out="o", actors=2), **two_cpus)
+    assert too_many is not None
+    assert "need 3 CPUs" in too_many
+    assert resource_shortfall(RayJobOptions(out="o", gpus_per_actor=1), **two_cpus) is not None
+
+
+def test_the_engine_option_and_local_agree(tmp_path: Path) -> None:
+    parse = build_parser().parse_args
+    base = ["extract", "x.jpg", "--out", str(tmp_path / "o")]
+    assert engine_of(parse(base)) == "http"
+    assert engine_of(parse([*base, "--local"])) == "local"
+    assert engine_of(parse([*base, "--engine", "ray", "--actors", "2"])) == "ray"
+    with pytest.raises(SystemExit):
+        engine_of(parse([*base, "--engine", "ray", "--local"]))
