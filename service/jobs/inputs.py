@@ -9,6 +9,7 @@ a row uses whichever it fills); relative paths are relative to the table's folde
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,8 @@ def read_table(path: Path) -> pa.Table:
     if path.suffix.lower() == ".csv":
         import pyarrow.csv as pacsv
 
-        names = pacsv.read_csv(path).column_names
+        with path.open(newline="", encoding="utf-8") as header:
+            names = next(csv.reader(header), [])
         types = {name: pa.string() for name in names}
         options = pacsv.ConvertOptions(column_types=types, strings_can_be_null=True)
         return pacsv.read_csv(path, convert_options=options)
@@ -64,7 +66,7 @@ def table_items(path: Path) -> list[Item]:
     """The rows of one table, in order; raises InputError on a table that cannot be run."""
     try:
         table = read_table(path)
-    except (OSError, pa.ArrowInvalid) as exc:
+    except (OSError, UnicodeError, pa.ArrowInvalid) as exc:
         raise InputError(f"cannot read the table {path}: {exc}") from exc
     columns = set(table.column_names)
     if "id" not in columns or not columns & {"path", "url"}:

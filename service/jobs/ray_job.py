@@ -252,6 +252,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     if not items:
         print("nothing to do: give paths, folders, URLs, tables, or --from-file", file=sys.stderr)
         return 2
+    if args.out.is_file():  # most likely the HTTP job's JSONL, given to the wrong engine
+        print(f"--out {args.out} is a file: --engine ray writes a directory", file=sys.stderr)
+        return 2
     try:
         report = run_job(items, options_from_args(args), settings)
     except JobError as exc:
