@@ -20,15 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from fashion_florence_client import catalogue
 from service import local_job
+from service.jobs import ray_job
 from service.jobs.inputs import collect_items
 from service.jobs.output import read_rows, scan_output
 from service.jobs.ray_job import RayJobOptions, run_job
+from service.jobs.stages import ExtractStage
 from service.settings import Settings
 from tests.conftest import PHOTOS, photo_paths
 from tests.loopback import serve_files
@@ -94,13 +97,18 @@ def _environment(model: Path) -> dict[str, str]:
     }
 
 
-def _driver(inputs: Inputs, out: Path, address: str, model: Path) -> subprocess.Popen[str]:
+def _driver(
+    inputs: Inputs, out: Path, address: str, model: Path, log: Path
+) -> subprocess.Popen[bytes]:
+    """The CLI in a subprocess; its stderr (Ray's and ours) goes to ``log``, a file, so
+    that a chatty run can never block on a full pipe."""
     argv = [
         sys.executable, "-m", "service.cli", "extract", "--engine", "ray", *inputs.arguments,
         "--out", str(out), "--address", address, "--rows-per-file", str(ROWS_PER_FILE), "--no-progress",
     ]  # fmt: skip
     env = {**checkout_env(), **_environment(model)}
-    return subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+    with log.open("wb") as sink:
+        return subprocess.Popen(argv, env=env, stdout=sink, stderr=subprocess.STDOUT)
 
 
 def _complete_files(out: Path) -> int:
@@ -127,22 +135,27 @@ def resumed(
     inputs: Inputs, ray_address: str, demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> KilledAndResumed:
     out = tmp_path_factory.mktemp("ray-out")
-    first = _driver(inputs, out, ray_address, demo_model_dir)
+    logs = tmp_path_factory.mktemp("ray-logs")
+    first = _driver(inputs, out, ray_address, demo_model_dir, logs / "killed.log")
     deadline = time.monotonic() + DRIVER_TIMEOUT_S
     try:
         while _complete_files(out) < 1:
-            assert first.poll() is None, f"the driver ended before the kill: {first.stderr}"
+            if first.poll() is not None:
+                pytest.fail(
+                    f"the driver ended before the kill:\n{(logs / 'killed.log').read_text()}"
+                )
             assert time.monotonic() < deadline, "no output file in time"
             time.sleep(0.05)
     finally:
         os.kill(first.pid, signal.SIGKILL)  # a real kill: no handler, no clean-up
-        first.communicate(timeout=30)
+        first.wait(timeout=30)
     after_kill = len(scan_output(str(out)).ids)
-    second = _driver(inputs, out, ray_address, demo_model_dir)
+    second = _driver(inputs, out, ray_address, demo_model_dir, logs / "resumed.log")
     try:
-        _, log = second.communicate(timeout=DRIVER_TIMEOUT_S)
+        second.wait(timeout=DRIVER_TIMEOUT_S)
     finally:
         second.kill()
+    log = (logs / "resumed.log").read_text()
     return KilledAndResumed(out, after_kill, second.returncode, log)
 
 
@@ -217,14 +230,19 @@ def test_rows_equal_the_local_run_and_errors_carry_the_api_codes(
     assert errors == inputs.expected_errors
 
 
-def test_retry_failed_redoes_only_the_failures(
+def test_retry_failed_redoes_only_the_failures_even_when_an_actor_dies(
     inputs: Inputs,
     resumed: KilledAndResumed,
     ray_address: str,
     demo_model_dir: Path,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # In this process: the driver joins the session's Ray instead of starting one.
+    # In this process: the driver joins the session's Ray instead of starting one. The
+    # first batch kills its actor (as a lost device does): Ray restarts the actor and
+    # retries that batch, and the job still ends with every id exactly once. (One job for
+    # both checks: each Ray job here pays a model load per actor.)
+    monkeypatch.setattr(ray_job, "ExtractStage", _dies_once(tmp_path / "died"))
     out = tmp_path / "out"
     shutil.copytree(resumed.out, out)
     settings = Settings(
@@ -234,10 +252,11 @@ def test_retry_failed_redoes_only_the_failures(
         out=str(out), retry_failed=True, rows_per_file=ROWS_PER_FILE, progress=False
     )
     report = run_job(collect_items(inputs.arguments), options, settings)
+    assert (tmp_path / "died").exists(), "the actor should have died once"
     failed = len(inputs.expected_errors)
     assert report.summary.skipped == len(_ids(inputs)) - failed
     assert report.summary.done == 0
-    assert sum(report.summary.failed.values()) == failed
+    assert report.summary.failed == Counter(inputs.expected_errors.values())
     assert not report.missing
     assert not report.duplicates
     counts = Counter(row["id"] for row in read_rows(str(out)))
@@ -246,3 +265,16 @@ def test_retry_failed_redoes_only_the_failures(
     again = run_job(collect_items(inputs.arguments), RayJobOptions(out=str(out)), settings)
     assert again.summary.skipped == len(_ids(inputs))
     assert again.summary.processed == 0
+
+
+def _dies_once(flag: Path) -> type[ExtractStage]:
+    """The engine stage, but its first batch anywhere kills its actor's process."""
+
+    class DiesOnce(ExtractStage):
+        def __call__(self, batch: pa.Table) -> pa.Table:
+            if not flag.exists():
+                flag.write_text(str(os.getpid()))
+                os._exit(1)  # as a lost device ends the actor
+            return super().__call__(batch)
+
+    return DiesOnce
