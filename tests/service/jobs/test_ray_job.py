@@ -122,6 +122,21 @@ def _complete_files(out: Path) -> int:
     return count
 
 
+def _wait_until_still(out: Path, quiet_s: float = 3.0, limit_s: float = 60.0) -> None:
+    """Until no file in ``out`` has changed for ``quiet_s``."""
+    deadline = time.monotonic() + limit_s
+    seen: object = None
+    still_since = time.monotonic()
+    while time.monotonic() < deadline:
+        now = sorted((p.name, p.stat().st_size) for p in out.iterdir())
+        if now != seen:
+            seen, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since >= quiet_s:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{out} kept changing after the driver was killed")
+
+
 @dataclass(frozen=True)
 class KilledAndResumed:
     out: Path
@@ -149,6 +164,7 @@ def resumed(
     finally:
         os.kill(first.pid, signal.SIGKILL)  # a real kill: no handler, no clean-up
         first.wait(timeout=30)
+    _wait_until_still(out)  # Ray ends the dead driver's workers; a write may land first
     after_kill = len(scan_output(str(out)).ids)
     second = _driver(inputs, out, ray_address, demo_model_dir, logs / "resumed.log")
     try:
