@@ -109,6 +109,7 @@ def ray_rows(photos: Path, model: Path, batch: int, work: Path) -> dict[str, Any
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(REPO), str(REPO / "clients" / "python"), os.environ.get("PYTHONPATH", "")]
     )
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # nothing leaves the machine
     started = time.perf_counter()
     ray.init(include_dashboard=False, logging_level=logging.WARNING)
     figures: dict[str, Any] = {"ray_init_s": time.perf_counter() - started}

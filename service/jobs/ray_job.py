@@ -51,6 +51,7 @@ INTAKE_CPUS: Final = 1.0
 #: batch retried as often; bounded, so a batch that kills every actor fails the job
 #: instead of looping forever.
 ACTOR_RESTARTS: Final = 3
+USAGE_STATS_ENV: Final = "RAY_USAGE_STATS_ENABLED"
 #: Ray Data splits the items into blocks of about one batch, up to this many.
 MAX_BLOCKS: Final = 10_000
 
@@ -107,6 +108,9 @@ def _connect(options: RayJobOptions) -> bool:
 
     if ray.is_initialized():
         return False
+    # Ray reports usage statistics to its makers unless told not to; the service never
+    # phones home, and neither does its job (RAY_USAGE_STATS_ENABLED=1 opts in).
+    os.environ.setdefault(USAGE_STATS_ENV, "0")
     ray.init(address=options.address, include_dashboard=False, logging_level=logging.WARNING)
     return True
 

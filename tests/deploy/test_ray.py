@@ -235,3 +235,10 @@ def test_every_pod_runs_the_ray_image_with_valid_settings(
     assert settings.device == "cuda"
     assert settings.model_path == "/models/fashion-florence"
     assert settings.url_allow_loopback_for_tests is False
+
+
+def test_no_pod_reports_usage_statistics(built: list[dict[str, Any]]) -> None:
+    for template in _templates(_one(built, "RayJob")):
+        (container,) = template["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["RAY_USAGE_STATS_ENABLED"] == "0"

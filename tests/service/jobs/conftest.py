@@ -19,6 +19,7 @@ def checkout_env() -> dict[str, str]:
     the environment of the process that started Ray, and must import this code."""
     env = dict(os.environ)
     env["PYTHONPATH"] = CHECKOUT_PATH + os.pathsep + env.get("PYTHONPATH", "")
+    env["RAY_USAGE_STATS_ENABLED"] = "0"  # nothing may leave the machine
     return env
 
 
@@ -26,15 +27,18 @@ def checkout_env() -> dict[str, str]:
 def ray_address() -> Iterator[str]:
     import ray
 
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = checkout_env()["PYTHONPATH"]
+    env = checkout_env()
+    names = ("PYTHONPATH", "RAY_USAGE_STATS_ENABLED")
+    before = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: env[name] for name in names})
     try:
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     finally:
-        if before is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = before
+        for name, value in before.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
     try:
         yield str(ray.get_runtime_context().gcs_address)
     finally:
