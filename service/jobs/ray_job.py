@@ -202,7 +202,7 @@ def run_job(items: Sequence[Item], options: RayJobOptions, settings: Settings) -
     owned = _connect(options)
     try:
         report.startup_s = time.perf_counter() - started
-        # A Ray job's driver (KubeRay's entrypoint) joins through RAY_ADDRESS.
+        # A submitted Ray job's driver (KubeRay's entrypoint) joins through RAY_ADDRESS.
         joined = options.address is not None or "RAY_ADDRESS" in os.environ
         _check_resources(options, local=owned and not joined)
         started = time.perf_counter()

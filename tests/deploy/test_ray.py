@@ -185,7 +185,7 @@ def test_the_entrypoint_is_the_ray_job_and_fits_the_gpus(built: list[dict[str, A
     assert argv[0] == "fashion-florence"
     args = build_parser().parse_args(argv[1:])
     assert args.engine == "ray"
-    assert args.address is None  # the driver joins through KubeRay's RAY_ADDRESS
+    assert args.address is None  # a submitted job's driver joins through RAY_ADDRESS
     workers = spec["rayClusterSpec"]["workerGroupSpecs"]
     gpus = sum(
         g["replicas"] * c["resources"]["limits"].get("nvidia.com/gpu", 0)
