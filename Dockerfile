@@ -8,6 +8,8 @@
 #                  --build-arg GPU_BASE=<your registry's PyTorch image>)
 #   Bake the demo model in: --build-arg BAKE_MODEL=demo, then run with
 #                  FF_MODEL_PATH=/opt/models/demo
+#   A Ray cluster's image (deploy/ray): --build-arg EXTRAS=ray adds the [ray] extra; the
+#                  serving image never needs it
 #
 # Models are otherwise mounted read-only (e.g. at /models, FF_MODEL_PATH=/models/<name>); with
 # FF_MODEL_PATH unset the service builds the tiny demo model on first start into
@@ -56,15 +58,18 @@ COPY clients/python/ clients/python/
 FROM sources AS builder-cpu
 ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_INDEX_URL=
+ARG EXTRAS=
 RUN --mount=type=cache,target=/root/.cache/pip \
-    PYTHON=python3 sh scripts/install.sh /opt/ff ./clients/python .
+    PYTHON=python3 sh scripts/install.sh /opt/ff ./clients/python ".${EXTRAS:+[$EXTRAS]}"
 
 FROM sources AS builder-gpu
+ARG EXTRAS=
 # The wheelhouse is downloaded here (the build has an index) for this image's python; the
 # install is then the offline one a GPU host runs, onto the base image's torch.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    PYTHON=python3 sh scripts/wheelhouse.sh /tmp/wheels \
-    && PYTHON=python3 sh scripts/install.sh --wheelhouse /tmp/wheels --target /opt/ff \
+    PYTHON=python3 sh scripts/wheelhouse.sh --extras "$EXTRAS" /tmp/wheels \
+    && PYTHON=python3 sh scripts/install.sh --wheelhouse /tmp/wheels --extras "$EXTRAS" \
+        --target /opt/ff \
     && rm -rf /tmp/wheels
 
 # hadolint ignore=DL3006

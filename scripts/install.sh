@@ -4,7 +4,7 @@
 # the same pinned versions (scripts/constraints.txt) that the test suite ran against.
 #
 #   sh scripts/install.sh VENV REQUIREMENT...     e.g. sh scripts/install.sh .venv -e '.[dev]'
-#   sh scripts/install.sh --wheelhouse DIR --target SITE [--deps-only]
+#   sh scripts/install.sh --wheelhouse DIR --target SITE [--deps-only] [--extras LIST]
 #
 # The second form installs offline (pip --no-index) from a wheelhouse that
 # scripts/wheelhouse.sh built, onto an interpreter that already has its own torch (a GPU
@@ -34,11 +34,13 @@ if [ "${1:-}" = "--wheelhouse" ]; then
     wheelhouse=
     target=
     deps_only=
+    extras=
     while [ "$#" -gt 0 ]; do
         case $1 in
             --wheelhouse) wheelhouse=${2:?--wheelhouse needs a folder}; shift 2 ;;
             --target) target=${2:?--target needs a folder}; shift 2 ;;
             --deps-only) deps_only=--deps-only; shift ;;
+            --extras) extras=${2-}; shift 2 ;;
             *) echo "$0: unknown option $1" >&2; exit 2 ;;
         esac
     done
@@ -56,7 +58,7 @@ if [ "${1:-}" = "--wheelhouse" ]; then
     # The plan (name==version per missing package) is made by the host interpreter with
     # SITE on its path, so what an earlier run put there counts as installed.
     plan=$(PYTHONPATH="$target${PYTHONPATH:+:$PYTHONPATH}" \
-        "$python" "$scripts/offline_plan.py" $deps_only "$wheelhouse")
+        "$python" "$scripts/offline_plan.py" $deps_only ${extras:+--extras "$extras"} "$wheelhouse")
     if [ -n "$plan" ]; then
         # --no-deps: the plan is the complete set, so pip cannot pull a second copy of
         # anything the host already has. $plan is split into words on purpose.

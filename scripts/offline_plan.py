@@ -69,10 +69,12 @@ def _installed(name: str) -> Version | None:
         return None
 
 
-def plan(wheelhouse: Path, deps_only: bool = False) -> list[str]:
+def plan(wheelhouse: Path, deps_only: bool = False, extras: str = "") -> list[str]:
+    """``extras`` (comma-separated) are optional extras of the server's distribution."""
     wheels = _wheels(wheelhouse)
     chosen: dict[str, tuple[Version, Path]] = {}
-    todo: list[tuple[Requirement, str]] = [(Requirement(name), "") for name in PROJECT]
+    server = f"{PROJECT[0]}[{extras}]" if extras else PROJECT[0]
+    todo = [(Requirement(name), "") for name in (server, *PROJECT[1:])]
     seen: set[tuple[str, str]] = set()
     while todo:
         req, extra = todo.pop()
@@ -114,10 +116,13 @@ def plan(wheelhouse: Path, deps_only: bool = False) -> list[str]:
 def main(argv: list[str]) -> int:
     deps_only = "--deps-only" in argv
     args = [a for a in argv if a != "--deps-only"]
+    extras = ""
+    if args[:1] == ["--extras"] and len(args) > 1:
+        extras, args = args[1], args[2:]
     if len(args) != 1:
-        print("usage: offline_plan.py [--deps-only] WHEELHOUSE", file=sys.stderr)
+        print("usage: offline_plan.py [--deps-only] [--extras LIST] WHEELHOUSE", file=sys.stderr)
         return 2
-    for line in plan(Path(args[0]), deps_only):
+    for line in plan(Path(args[0]), deps_only, extras):
         print(line)
     return 0
 

@@ -6,7 +6,8 @@ The job itself (inputs, resumable JSONL, progress, summary, every other option) 
 :mod:`fashion_florence_client.catalogue`, the same code as ``fashion-florence-client
 extract``. What only the server's install can add is ``--local``: the job served by an
 in-process copy of the service (``create_app`` behind httpx's ASGI transport), with the
-same admission, cache, batcher and engine code as a server, without a port.
+same admission, cache, batcher and engine code as a server, without a port; and
+``--engine ray`` (:mod:`service.jobs`), the same intake and engine as Ray Data stages.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import httpx
 
 from fashion_florence_client import catalogue
 from fashion_florence_client.client import AsyncClient
+from service.jobs import cli as jobs_cli
 
 
 def create_local_app() -> Any:
@@ -48,7 +50,7 @@ async def local_client(**options: Any) -> AsyncIterator[AsyncClient]:
 def _open_client(
     args: argparse.Namespace, options: dict[str, Any]
 ) -> AbstractAsyncContextManager[AsyncClient]:
-    if args.local:
+    if jobs_cli.engine_of(args) == "local":
         return local_client(**options)
     return catalogue.server_client(args, options)
 
@@ -59,3 +61,12 @@ def register(commands: Any) -> None:
     cmd.add_argument(
         "--local", action="store_true", help="run the service in-process (FF_* settings)"
     )
+    jobs_cli.add_arguments(cmd)
+    over_http = cmd.get_default("handler")
+
+    def handler(args: argparse.Namespace) -> int:
+        if jobs_cli.engine_of(args) == "ray":
+            return jobs_cli.run(args)
+        return int(over_http(args))
+
+    cmd.set_defaults(handler=handler)

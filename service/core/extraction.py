@@ -49,6 +49,30 @@ FAILURE_CODES: Final[Mapping[ItemFailure | None, ErrorCode]] = {
 }
 
 
+def run_splitting(
+    backend: InferenceBackend,
+    images: Sequence[PreparedImage],
+    on_split: Callable[[], object] = lambda: None,
+) -> list[ItemOutcome]:
+    """Run a batch; on device OOM, retry its halves, down to single images (an image that
+    does not fit even alone is an ``OUT_OF_MEMORY`` outcome). ``on_split`` is told of each
+    split. Shared by the service's batcher and the batch jobs (``service.jobs``)."""
+    try:
+        return backend.run_batch(images)
+    except DeviceOutOfMemoryError:
+        pass
+    # Recover outside the except block: a live traceback would pin the failed batch's
+    # tensors through its frames and the retry would run out of memory again.
+    on_split()
+    if len(images) == 1:
+        detail = "the image did not fit in device memory even alone"
+        return [ItemOutcome("", 0, failure=ItemFailure.OUT_OF_MEMORY, error_detail=detail)]
+    middle = len(images) // 2
+    return run_splitting(backend, images[:middle], on_split) + run_splitting(
+        backend, images[middle:], on_split
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Extraction:
     attributes: FashionAttributes
@@ -121,19 +145,7 @@ class Extractor:
             raise
 
     def _run_splitting(self, images: list[PreparedImage]) -> list[ItemOutcome]:
-        """Run a batch; on device OOM, retry its halves, down to single images."""
-        try:
-            return self._backend.run_batch(images)
-        except DeviceOutOfMemoryError:
-            pass
-        # Recover outside the except block: a live traceback would pin the failed batch's
-        # tensors through its frames and the retry would run out of memory again.
-        self._metrics.oom_splits.inc()
-        if len(images) == 1:
-            detail = "the image did not fit in device memory even alone"
-            return [ItemOutcome("", 0, failure=ItemFailure.OUT_OF_MEMORY, error_detail=detail)]
-        middle = len(images) // 2
-        return self._run_splitting(images[:middle]) + self._run_splitting(images[middle:])
+        return run_splitting(self._backend, images, on_split=self._metrics.oom_splits.inc)
 
     def _decode_and_prepare(self, data: bytes) -> PreparedImage:
         image: Image.Image = decode_image(

@@ -92,12 +92,15 @@ def test_image_and_make_share_one_install_path(stages: dict[str, list[tuple[str,
     for name, text in (("Dockerfile", dockerfile), ("Makefile", makefile)):
         assert not re.search(r"pip\s+install", text), f"{name} runs pip itself"
     cpu_runs = [args for instruction, args in stages["builder-cpu"] if instruction == "RUN"]
-    assert any("sh scripts/install.sh /opt/ff ./clients/python ." in args for args in cpu_runs)
+    # The project itself, with the optional extras an image may ask for (EXTRAS=ray).
+    installs = r'sh scripts/install.sh /opt/ff \./clients/python "\.\$\{EXTRAS:\+\[\$EXTRAS\]\}"'
+    assert any(re.search(installs, args) for args in cpu_runs), cpu_runs
     # The GPU variant: the offline path a GPU host runs (wheelhouse, then install onto the
     # base image's torch), never a torch install.
     gpu_runs = " ".join(a for instruction, a in stages["builder-gpu"] if instruction == "RUN")
-    assert "sh scripts/wheelhouse.sh /tmp/wheels" in gpu_runs
-    assert "sh scripts/install.sh --wheelhouse /tmp/wheels --target /opt/ff" in gpu_runs
+    assert 'sh scripts/wheelhouse.sh --extras "$EXTRAS"' in gpu_runs
+    assert 'sh scripts/install.sh --wheelhouse /tmp/wheels --extras "$EXTRAS"' in gpu_runs
+    assert "--target /opt/ff" in gpu_runs
     assert "TORCH_SPEC" not in gpu_runs
     assert stages["builder"][0][1].startswith("builder-${VARIANT}")
     assert re.search(r"^\t.*sh scripts/install\.sh \$\(VENV\)", makefile, re.MULTILINE)

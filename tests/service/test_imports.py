@@ -1,4 +1,5 @@
-"""HTTP-only code must not drag torch or transformers into the process."""
+"""HTTP-only code must not drag torch or transformers into the process, and nothing but the
+Ray job's own run drags Ray in (the server's install does not have it)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-HEAVY = ("torch", "transformers")
+HEAVY = ("torch", "transformers", "ray")
 LIGHT_MODULES = (
     "service.http.app",
     "service.http.extract",
@@ -18,6 +19,9 @@ LIGHT_MODULES = (
     "service.core.extraction",
     "service.core.lifecycle",
     "service.local_job",
+    "service.cli",
+    "service.jobs.cli",
+    "service.jobs.ray_job",
     "service.core.cache",
     "service.telemetry.logs",
     "service.telemetry.tracing",

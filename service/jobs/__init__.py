@@ -1,0 +1,1 @@
+"""Batch jobs beyond one process: the Ray Data extraction job (``extract --engine ray``)."""
