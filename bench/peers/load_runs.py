@@ -70,7 +70,7 @@ def run_server(
             | {"fraction": fraction}
             for fraction in plan.open_fractions
         ]
-        extra = after(server) if after is not None else {}
+        extra = _guarded(after, server) if after is not None else {}
         rss = server.peak_rss_bytes()
         return {
             "server": name,
@@ -83,6 +83,15 @@ def run_server(
         }
     finally:
         server.stop()
+
+
+def _guarded(after: Callable[[Served], Row], server: Served) -> Row:
+    """The extra rows, or the error that stopped them: one broken case must not lose
+    the figures the run already has."""
+    try:
+        return after(server)
+    except Exception as exc:
+        return {"after_error": f"{type(exc).__name__}: {exc}"}
 
 
 def alternating(
