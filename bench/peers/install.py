@@ -51,10 +51,25 @@ class Venv:
         lines = self.requirements.read_text().splitlines()
         return next(line.strip() for line in lines if line.strip() and not line.startswith("#"))
 
+    @property
+    def marker(self) -> Path:
+        """Written once pip has installed the pin: what it installed."""
+        return self.path / "bench-peers-installed.txt"
+
     def problem(self) -> str | None:
-        """Why this peer cannot run now (not installed, or its import fails), or None."""
-        if not self.python.exists():
-            return f"{self.peer}: not installed (run `python -m bench.peers --install`)"
+        """Why this peer cannot run (not installed, or not at its pin), or None. Cheap, no
+        import: a peer that is installed but cannot start is reported by its start."""
+        if not self.python.exists() or not self.marker.exists():
+            return (
+                f"{self.peer}: not installed in {self.path} (run `python -m bench.peers --install`)"
+            )
+        installed = self.marker.read_text().strip()
+        if installed != self.pin():
+            return f"{self.peer}: {installed} installed, {self.pin()} pinned (rerun --install)"
+        return None
+
+    def import_problem(self) -> str | None:
+        """Why the peer's module does not import in its venv, or None (after installing)."""
         module = IMPORTS[self.peer]
         done = subprocess.run(
             [str(self.python), "-c", f"import {module}"],
@@ -85,6 +100,7 @@ def install(peer: str) -> Venv:
         [str(venv.python), "-m", "pip", "install", "-q", "-r", str(venv.requirements)],
         check=True,
     )
+    venv.marker.write_text(f"{venv.pin()}\n")
     return venv
 
 
@@ -97,5 +113,6 @@ def install_all(peers: tuple[str, ...] = PEERS) -> dict[str, str]:
         except subprocess.CalledProcessError as exc:
             out[peer] = f"install failed: {exc}"
             continue
-        out[peer] = Venv(peer).problem() or f"ok ({Venv(peer).pin()})"
+        venv = Venv(peer)
+        out[peer] = venv.problem() or venv.import_problem() or f"ok ({venv.pin()})"
     return out
