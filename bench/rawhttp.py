@@ -5,7 +5,8 @@ it measures, and httpx spends several hundred microseconds of Python per request
 the server then loses. Here a request is one pre-encoded byte string per payload (headers
 and multipart body built once) and a response is a status line, headers and a
 Content-Length body: a few tens of microseconds. It speaks only to 127.0.0.1 servers
-that answer with Content-Length (uvicorn does), which is all the benchmarks need.
+that answer with Content-Length (uvicorn does) or a chunked body (Ray Serve's proxy
+does), which is all the benchmarks need.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class RawConnection:
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
         length = None
-        closing = False
+        closing = chunked = False
         for line in lines[1:]:
             name, _, value = line.partition(":")
             key = name.strip().lower()
@@ -92,9 +93,14 @@ class RawConnection:
                 length = int(value)
             elif key == "connection" and value.strip().lower() == "close":
                 closing = True
-        if length is None:
+            elif key == "transfer-encoding" and value.strip().lower() == "chunked":
+                chunked = True
+        if chunked:
+            content = await read_chunked(reader)
+        elif length is None:
             raise ConnectionError("response without Content-Length")
-        content = await reader.readexactly(length)
+        else:
+            content = await reader.readexactly(length)
         if closing:
             await self.close()
         return RawResponse(status, content)
@@ -105,3 +111,16 @@ class RawConnection:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+
+async def read_chunked(reader: asyncio.StreamReader) -> bytes:
+    """A chunked body (Ray Serve's proxy streams its answers), trailers skipped."""
+    parts: list[bytes] = []
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+        if size == 0:
+            while await reader.readuntil(b"\r\n") != b"\r\n":
+                pass  # trailer fields, if any, up to the empty line
+            return b"".join(parts)
+        parts.append(await reader.readexactly(size))
+        await reader.readexactly(2)  # the CRLF after each chunk

@@ -8,6 +8,7 @@ packet leaves the machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -46,6 +47,9 @@ class ServerHandle:
     base_url: str
     cold_start_s: float  # process spawn to the first 2xx from the readiness path
     log: IO[bytes] = field(repr=False)  # the server's stdout and stderr, interleaved
+    #: The server runs in its own process group, and stopping it signals the whole group:
+    #: servers that start worker processes (LitServe, BentoML, Ray) must not leave them.
+    group: bool = False
 
     @property
     def pid(self) -> int:
@@ -62,14 +66,28 @@ class ServerHandle:
         """SIGTERM (our service drains, then exits), then SIGKILL if it is still running
         after ``timeout_s``. Returns the exit status; calling it again only returns it."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self._signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                self._signal(signal.SIGKILL)
                 self.process.wait(timeout=10)
+        if self.group:
+            self._signal(signal.SIGKILL)  # workers that outlived their parent
         self.log.close()
         return int(self.process.returncode)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def _signal(self, signum: int) -> None:
+        if not self.group:
+            if self.process.poll() is None:
+                self.process.send_signal(signum)
+            return
+        with contextlib.suppress(ProcessLookupError):  # the group is gone already
+            os.killpg(self.process.pid, signum)
 
     def __enter__(self) -> ServerHandle:
         return self
@@ -98,23 +116,29 @@ def spawn(
     ready_path: str = "/readyz",
     timeout_s: float = 180.0,
     cwd: Path | None = None,
+    group: bool = False,
 ) -> ServerHandle:
     """Start ``argv`` (a server that listens on 127.0.0.1:``port``) in ``cwd`` with ``env``
     over this process's environment (see :func:`child_environment`); wait for a 2xx from
     ``ready_path``. Raises :class:`ServerStartError`, with the process stopped, if it exits
-    first or is not ready within ``timeout_s``."""
+    first or is not ready within ``timeout_s``. With ``group``, it runs in a new process
+    group that is stopped as a whole (see :attr:`ServerHandle.group`)."""
     # Owned by the handle (closed by stop()), so no `with`: it outlives this function.
     log = tempfile.TemporaryFile(prefix="ff-bench-server-")  # noqa: SIM115
     started = time.perf_counter()
     process = subprocess.Popen(
-        argv, env=child_environment(env), cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+        argv,
+        env=child_environment(env),
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=group,
     )
-    handle = ServerHandle(process, f"http://{LOOPBACK}:{port}", 0.0, log)
+    handle = ServerHandle(process, f"http://{LOOPBACK}:{port}", 0.0, log, group)
     try:
         handle.cold_start_s = _wait_ready(handle, ready_path, started, timeout_s)
     except BaseException:
-        handle.process.kill()
-        handle.process.wait(timeout=10)
+        handle.kill()
         log.close()
         raise
     return handle
