@@ -12,7 +12,8 @@
 #                  serving image never needs it
 #
 # Models are otherwise mounted read-only (e.g. at /models, FF_MODEL_PATH=/models/<name>); with
-# FF_MODEL_PATH unset the service builds the tiny demo model on first start into
+# FF_MODEL_PATH unset the service serves the trained demo model shipped in the package
+# (nothing is trained at start); FF_DEMO_MODEL=random builds its random-weight model into
 # FF_DEMO_MODEL_DIR (/var/cache/fashion-florence, mount a writable volume there).
 # Python dependencies are pinned by scripts/constraints.txt and installed by
 # scripts/install.sh, the same script `make` runs for the test venv (one install path).

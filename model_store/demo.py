@@ -1,23 +1,26 @@
-"""The embedded demo model: the tiny Florence-2 trained on the synthetic set by the pipeline.
+"""The embedded demo model: the tiny Florence-2 trained by the pipeline on real photos
+(category known, colour weak or unknown) and synthetic garments (every field known).
 
-``make run`` serves it when no ``FF_MODEL_PATH`` is set (``demo_cache.ensure_demo_model``).
-The recipe is the pipeline a user runs on real data, with one extra first stage:
+The trained files ship with the package (``model_store/demo_model/``, see
+:mod:`model_store.demo_cache`); this module is how they were made, run by
+``fashion-florence model build-trained-demo``, never by the server. The recipe is the
+pipeline a user runs on real data, with one extra first stage:
 
 1. ``model build-demo``: the tiny Florence-2 with random weights;
 2. ``data synth`` + ``data build --format table``: rendered garments through the same
-   collapse rules, split and report as iMaterialist;
+   collapse rules, split and report as iMaterialist; ``data build --format folders``:
+   the real photos, in their collection's own split, category from the class folder,
+   colour from the weak pixel labeller, everything else unknown; the two combined;
 3. a stand-in for pretraining (there is no pretrained tiny Florence-2 offline): the
-   vision tower learns the attributes with linear heads, then the whole model learns the
-   target JSON (``train --preset full``). A random-weight model cannot be taught by LoRA
-   alone: its frozen embeddings and layer norms cap every logit near 1.3, so the loss
-   cannot fall below about 5 nats per token (see docs/model_pipeline.md);
+   vision tower learns the labelled fields with linear heads (``demo_vision``), then the
+   whole model learns the target JSON (``train --preset full``), with no loss on unknown
+   fields. A random-weight model cannot be taught by LoRA alone: its frozen embeddings
+   and layer norms cap every logit near 1.3 (see docs/model_pipeline.md);
 4. ``train --preset all-linear``: LoRA with the paper's rank and alpha, best by
-   validation loss, with a training manifest (data and rules version, metrics);
-5. ``model merge``: the servable demo model.
+   validation loss (the validation split only), with a training manifest;
+5. ``model merge``: the servable demo model; then the report on validation and test.
 
-Everything is seeded, single-threaded where it matters, and cached: the first build
-takes a few CPU minutes (the report in docs/model_pipeline.md says how many), later
-starts verify the checksums and reuse it.
+Everything is seeded and single-threaded where it matters.
 """
 
 from __future__ import annotations
@@ -33,16 +36,17 @@ from pathlib import Path
 from typing import Any, Final
 
 import torch
-from transformers import Florence2ForConditionalGeneration, Florence2Processor
 
-from fashion_florence_client.schema import CATEGORIES, COLORS, MATERIALS, Category, Color
+from fashion_florence_client.schema import Category, Color
 from model_store.build import build_model
 from model_store.data.build import SplitConfig, build_dataset
-from model_store.data.dataset import read_split
+from model_store.data.combine import combine_builds
+from model_store.data.dataset import DataError, read_split
+from model_store.data.folders import build_folder_dataset, read_mapping
 from model_store.data.rules import load_rules
 from model_store.data.sources import read_table
 from model_store.data.synthesize import write_synthetic_source
-from model_store.evaluation.predict import open_rgb
+from model_store.demo_vision import warm_up_vision
 from model_store.loading import load_model, save_model
 from model_store.manifest import ModelManifest
 from model_store.merge import write_merged
@@ -51,7 +55,9 @@ from model_store.training.loop import train
 
 log = logging.getLogger(__name__)
 DEMO_NAME: Final = "fashion-florence-demo"
-RECIPE_VERSION: Final = 1
+RECIPE_VERSION: Final = 2
+#: The class folders of ../shared/data/clothing-small mapped to schema categories.
+CLOTHING_SMALL_MAPPING: Final = Path(__file__).parent / "data" / "clothing_small_mapping.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +65,15 @@ class DemoRecipe:
     """Everything that determines the demo model; its hash names the build."""
 
     images: int = 3000
+    #: Real photos per split at most (None: all); 0 trains on synthetic garments only.
+    photos_per_split: int | None = None
+    weak_colors: bool = True
     seed: int = 0
     text_init_std: float = 0.125
     categories: tuple[Category, ...] | None = None
     colors: tuple[Color, ...] | None = None
     textured: bool = True
-    vision_steps: int = 600
+    vision_steps: int = 1600
     vision_lr: float = 3e-3
     vision_batch: int = 32
     pretrain: TrainConfig = field(
@@ -85,71 +94,8 @@ class DemoRecipe:
         """Recorded as the demo manifest's ``adapter``: a cache built by another recipe
         (or the old random-weight demo) is rebuilt rather than served."""
         text = json.dumps(asdict(self), sort_keys=True, default=str)
-        return f"synthetic-v{RECIPE_VERSION}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
-
-
-def _attribute_heads(width: int, tokens: int) -> torch.nn.ModuleDict:
-    sizes = {"category": len(CATEGORIES), "color": len(COLORS), "material": len(MATERIALS) + 1}
-    heads: dict[str, torch.nn.Module] = {}
-    for name, size in sizes.items():
-        heads[f"{name}_flat"] = torch.nn.Linear(width * tokens, size)
-        heads[f"{name}_mean"] = torch.nn.Linear(width, size)
-    return torch.nn.ModuleDict(heads)
-
-
-def warm_up_vision(
-    model: Florence2ForConditionalGeneration,
-    processor: Florence2Processor,
-    data_dir: Path,
-    recipe: DemoRecipe,
-) -> float:
-    """Teach the vision tower and projector the attributes with throw-away linear heads.
-
-    A random vision tower gives the decoder almost nothing to read, and learning vision
-    through a sequence loss alone is very slow; a classification loss straight on the
-    image tokens (all of them, and their mean, which uniform cross-attention sees first)
-    is fast. Returns the final loss.
-    """
-    records = read_split(data_dir, "train")
-    images = [open_rgb(r.image) for r in records]
-    labels = torch.tensor(
-        [
-            (
-                CATEGORIES.index(r.target.category),
-                COLORS.index(r.target.primary_color),
-                MATERIALS.index(r.target.material) + 1 if r.target.material else 0,
-            )
-            for r in records
-        ]
-    )
-    tower = [model.model.vision_tower, model.model.multi_modal_projector]
-    width = model.model.multi_modal_projector.image_projection.out_features
-    tokens = processor.image_processor.image_seq_length
-    heads = _attribute_heads(width, tokens)
-    params = [p for module in tower for p in module.parameters()] + list(heads.parameters())
-    optimizer = torch.optim.AdamW(params, lr=recipe.vision_lr, weight_decay=0.01)
-    generator = torch.Generator().manual_seed(recipe.seed)
-    model.train(True)
-    loss = torch.zeros(())
-    for step in range(recipe.vision_steps):
-        warm = min(1.0, (step + 1) / 20) * (1 - step / recipe.vision_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = recipe.vision_lr * warm
-        batch = torch.randint(0, len(images), (recipe.vision_batch,), generator=generator)
-        pixels = processor.image_processor(
-            [images[i] for i in batch.tolist()], return_tensors="pt"
-        )["pixel_values"]
-        features = model.model.get_image_features(pixels).pooler_output
-        loss = torch.zeros(())
-        for index, name in enumerate(("category", "color", "material")):
-            target = labels[batch, index]
-            loss = loss + torch.nn.functional.cross_entropy(heads[f"{name}_flat"](features.flatten(1)), target)  # fmt: skip
-            loss = loss + torch.nn.functional.cross_entropy(heads[f"{name}_mean"](features.mean(1)), target)  # fmt: skip
-        optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward(loss)
-        optimizer.step()
-    model.train(False)
-    return float(loss.detach())
+        kind = "synthetic" if self.photos_per_split == 0 else "photos"
+        return f"{kind}-v{RECIPE_VERSION}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
 @dataclass(slots=True)
@@ -160,14 +106,49 @@ class DemoBuild:
     metrics: dict[str, object]
 
 
+def _build_data(scratch: Path, recipe: DemoRecipe, photos: Path | None) -> dict[str, Any]:
+    """Synthetic garments and (unless the recipe has none) real photos, combined."""
+    table = write_synthetic_source(
+        scratch / "source",
+        n=recipe.images,
+        seed=recipe.seed,
+        categories=recipe.categories,
+        colors=recipe.colors,
+        textured=recipe.textured,
+    )
+    parts = {"syn": scratch / "data-synthetic"}
+    build_dataset(
+        read_table(table, scratch / "source" / "images", load_rules()),
+        parts["syn"],
+        source={"format": "table", "synthetic": True, "rows": recipe.images},
+        split=SplitConfig(0.1, 0.1, seed=recipe.seed),
+    )
+    if recipe.photos_per_split != 0:
+        if photos is None:
+            raise DataError("this recipe trains on real photos: give their class folders")
+        parts["real"] = scratch / "data-photos"
+        build_folder_dataset(
+            photos,
+            read_mapping(CLOTHING_SMALL_MAPPING),
+            parts["real"],
+            weak_colors=recipe.weak_colors,
+            limit_per_split=recipe.photos_per_split,
+        )
+    return combine_builds(parts, scratch / "data")
+
+
 def build_trained_demo(
     out_dir: Path,
     recipe: DemoRecipe | None = None,
     *,
+    photos: Path | None = None,
     work_dir: Path | None = None,
     progress: bool = False,
 ) -> DemoBuild:
-    """Run the demo recipe; writes the merged model to ``out_dir`` (atomically)."""
+    """Run the demo recipe; writes the merged model to ``out_dir`` (atomically).
+
+    ``photos``: the real photos' class folders (``clothing-small`` with its own split).
+    """
     recipe = recipe or DemoRecipe()
     threads = torch.get_num_threads()
     # One thread: a 64-wide model gains little from more, the arithmetic order is the same
@@ -178,32 +159,27 @@ def build_trained_demo(
     torch.use_deterministic_algorithms(True, warn_only=True)
     scratch = Path(tempfile.mkdtemp(prefix="ff-demo-")) if work_dir is None else work_dir
     seconds: dict[str, float] = {}
-    log.info("building the trained demo model into %s (once; a few CPU minutes)", out_dir)
+    log.info("building the trained demo model into %s", out_dir)
     try:
         clock = time.perf_counter()
         build_model("demo", scratch / "random", seed=recipe.seed, text_init_std=recipe.text_init_std)  # fmt: skip
-        table = write_synthetic_source(
-            scratch / "source",
-            n=recipe.images,
-            seed=recipe.seed,
-            categories=recipe.categories,
-            colors=recipe.colors,
-            textured=recipe.textured,
-        )
         data = scratch / "data"
-        report = build_dataset(
-            read_table(table, scratch / "source" / "images", load_rules()),
-            data,
-            source={"format": "table", "synthetic": True, "rows": recipe.images},
-            split=SplitConfig(0.1, 0.1, seed=recipe.seed),
-        )
+        report = _build_data(scratch, recipe, photos)
         seconds["data"] = time.perf_counter() - clock
-        log.info("demo model: %d synthetic rows built; vision warm-up", recipe.images)
+        log.info("demo model: %s items built; vision warm-up", report["kept"])
 
         clock = time.perf_counter()
         loaded = load_model(str(scratch / "random"))
         torch.manual_seed(recipe.seed)
-        warm_up_vision(loaded.model, loaded.processor, data, recipe)
+        warm_up_vision(
+            loaded.model,
+            loaded.processor,
+            read_split(data, "train"),
+            steps=recipe.vision_steps,
+            learning_rate=recipe.vision_lr,
+            batch_size=recipe.vision_batch,
+            seed=recipe.seed,
+        )
         save_model(loaded, scratch / "warm", name="demo-warm", base_model="random:demo", adapter=None)  # fmt: skip
         seconds["vision"] = time.perf_counter() - clock
         log.info("demo model: full fine-tuning (%s steps)", recipe.pretrain.max_steps)

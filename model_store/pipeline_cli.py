@@ -24,10 +24,16 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     actions = data.add_subparsers(dest="action", required=True)
 
     build = actions.add_parser("build", help="iMaterialist -> train/val/test JSONL + report")
-    build.add_argument("--format", required=True, choices=["imat-json", "table"])
+    build.add_argument("--format", required=True, choices=["imat-json", "table", "folders"])
     build.add_argument("--annotations", type=Path, help="imat-json: the annotations JSON")
     build.add_argument("--labels", type=Path, help="imat-json: label_map_228.csv")
     build.add_argument("--table", type=Path, help="table: a .csv or .parquet file")
+    build.add_argument("--mapping", type=Path, help="folders: JSON {class folder: category}")
+    build.add_argument(
+        "--no-weak-colors",
+        action="store_true",
+        help="folders: leave colour unknown instead of the weak pixel labeller's answer",
+    )
     build.add_argument("--images", type=Path, required=True, help="folder of the images")
     build.add_argument("--out", type=Path, required=True)
     build.add_argument("--val-ratio", type=float, default=0.1)
@@ -92,7 +98,9 @@ def _data_build(args: argparse.Namespace) -> int:
     rules = load_rules()
     split = SplitConfig(args.val_ratio, args.test_ratio, args.split_seed)
     try:
-        if args.format == "imat-json":
+        if args.format == "folders":
+            report = _build_folders(args, split)
+        elif args.format == "imat-json":
             if args.annotations is None or args.labels is None:
                 raise DataError("--format imat-json needs --annotations and --labels")
             items = read_imat_json(args.annotations, args.labels, args.images, rules)
@@ -102,13 +110,29 @@ def _data_build(args: argparse.Namespace) -> int:
                 raise DataError("--format table needs --table")
             items = read_table(args.table, args.images, rules)
             source = {"format": "table", "table": str(args.table)}
-        report = build_dataset(items, args.out, source=source, split=split, rules=rules)
+        if args.format != "folders":
+            report = build_dataset(items, args.out, source=source, split=split, rules=rules)
     except DataError as exc:
         print(f"FAILED: {exc}")
         return 1
     keys = ("data_version", "rules_version", "n_input", "kept", "dropped")
     _print({"out": str(args.out), **{key: report[key] for key in keys}})
     return 0
+
+
+def _build_folders(args: argparse.Namespace, split: Any) -> dict[str, Any]:
+    from model_store.data.folders import build_folder_dataset, read_mapping
+
+    if args.mapping is None:
+        raise DataError("--format folders needs --mapping (JSON: class folder -> category)")
+    return build_folder_dataset(
+        args.images,
+        read_mapping(args.mapping),
+        args.out,
+        weak_colors=not args.no_weak_colors,
+        split=split,
+        source={"mapping": str(args.mapping)},
+    )
 
 
 def _data_synth(args: argparse.Namespace) -> int:

@@ -31,14 +31,15 @@ class Settings(BaseSettings):
     )
     demo_model_dir: Path = Field(
         default=Path.home() / ".cache" / "fashion-florence" / "demo-model",
-        description="Where the demo model is built (once) when no model_path is set.",
+        description="Where the random-weight demo model is built (once) when no model_path "
+        "is set and demo_model=random (the trained demo is served from the package).",
     )
     # --- model pipeline: which demo model FF_DEMO_MODEL_DIR holds ---------------
     demo_model: Literal["trained", "random"] = Field(
         default="trained",
-        description="trained = the tiny Florence-2 trained on synthetic garments by the model "
-        "pipeline (reads colours; a few CPU minutes on the first start, then cached); "
-        "random = random weights (about a second; for plumbing checks only).",
+        description="trained = the tiny Florence-2 trained by the model pipeline on real "
+        "photos and synthetic garments, shipped in the package (verified, never trained at "
+        "start); random = random weights (about a second; for plumbing checks only).",
     )
     # --- end model pipeline ---------------------------------------------------------------
     device: DeviceName = "auto"

@@ -55,19 +55,32 @@ def _store_embedded(item: SourceItem, images_dir: Path) -> Path:
     return path
 
 
-def _class_counts(records: Iterable[Record]) -> dict[str, dict[str, int]]:
+UNKNOWN_KEY = "(unknown)"  # a class-count key: items without that field's label
+WEAK_KEY = "(weak)"  # items whose label for the field is a rule's (counted in the classes too)
+
+
+def class_counts(records: Iterable[Record]) -> dict[str, dict[str, int]]:
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for record in records:
         target = record.target
-        counts["category"][target.category] += 1
-        counts["primary_color"][target.primary_color] += 1
-        counts["material"][target.material or "null"] += 1
-        counts["style_tags"].update(target.style_tags)
-        counts["occasion_tags"].update(target.occasion_tags)
+        for field in record.unknown:
+            counts[field][UNKNOWN_KEY] += 1
+        for field in record.weak:
+            counts[field][WEAK_KEY] += 1
+        if record.known("category"):
+            counts["category"][target.category] += 1
+        if record.known("primary_color"):
+            counts["primary_color"][target.primary_color] += 1
+        if record.known("material"):
+            counts["material"][target.material or "null"] += 1
+        if record.known("style_tags"):
+            counts["style_tags"].update(target.style_tags)
+        if record.known("occasion_tags"):
+            counts["occasion_tags"].update(target.occasion_tags)
     return {field: dict(sorted(c.items())) for field, c in sorted(counts.items())}
 
 
-def _unique_ids(records: list[Record]) -> list[Record]:
+def unique_ids(records: list[Record]) -> list[Record]:
     """Several photos of one item get ``<item>#<n>`` ids (ordered by content hash)."""
     by_item: dict[str, list[Record]] = defaultdict(list)
     for record in records:
@@ -131,13 +144,44 @@ def build_dataset(
     for reason, records in deduplicated.dropped.items():
         dropped[reason] += len(records)
     splits = split_records(
-        _unique_ids(deduplicated.kept),
+        unique_ids(deduplicated.kept),
         val_ratio=split.val_ratio,
         test_ratio=split.test_ratio,
         seed=split.seed,
     )
+    extra = {
+        "dropped_by_label": {
+            reason: dict(counter.most_common())
+            for reason, counter in sorted(dropped_labels.items())
+        },
+        "warnings": dict(sorted(warnings.items())),
+    }
+    return write_build(
+        splits,
+        out_dir,
+        rules_version=rules.version_tag,
+        source=source,
+        split={"val_ratio": split.val_ratio, "test_ratio": split.test_ratio, "seed": split.seed},
+        n_input=n_input,
+        dropped=dropped,
+        extra=extra,
+    )
+
+
+def write_build(
+    splits: dict[str, list[Record]],
+    out_dir: Path,
+    *,
+    rules_version: str,
+    source: dict[str, Any],
+    split: dict[str, Any],
+    n_input: int,
+    dropped: Counter[str],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Leak-check ``splits``, write them and ``report.json``; returns the report."""
     leaks = find_leaks(splits)
-    if leaks:  # impossible by construction; a guard against future edits of this module
+    if leaks:  # impossible by construction; a guard against future edits of the builders
         raise DataError(f"split leak: {leaks.summary()}")
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
@@ -146,18 +190,14 @@ def build_dataset(
     kept = {name: len(splits[name]) for name in SPLITS}
     report: dict[str, Any] = {
         "data_version": data_version(splits),
-        "rules_version": rules.version_tag,
+        "rules_version": rules_version,
         "source": source,
-        "split": {"val_ratio": split.val_ratio, "test_ratio": split.test_ratio, "seed": split.seed},
+        "split": split,
         "n_input": n_input,
         "kept": {**kept, "total": sum(kept.values())},
         "dropped": {**dict(sorted(dropped.items())), "total": sum(dropped.values())},
-        "dropped_by_label": {
-            reason: dict(counter.most_common())
-            for reason, counter in sorted(dropped_labels.items())
-        },
-        "warnings": dict(sorted(warnings.items())),
-        "kept_per_class": {name: _class_counts(splits[name]) for name in SPLITS},
+        **(extra or {}),
+        "kept_per_class": {name: class_counts(splits[name]) for name in SPLITS},
         "leaks": {"ids": 0, "hashes": 0},
     }
     assert report["kept"]["total"] + report["dropped"]["total"] == n_input

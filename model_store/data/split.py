@@ -59,7 +59,7 @@ def deduplicate(records: Sequence[Record]) -> Deduplicated:
     result = Deduplicated(kept=[])
     for group in by_hash.values():
         group.sort(key=lambda r: r.id)
-        if len({r.target.to_target_text() for r in group}) > 1:
+        if len({r.label_key for r in group}) > 1:
             result.dropped.setdefault("conflicting_duplicate", []).extend(group)
             continue
         result.kept.append(group[0])

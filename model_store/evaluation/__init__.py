@@ -16,7 +16,11 @@ def evaluate_predictions(
 ) -> dict[str, Any]:
     """Score an external predictions JSONL (``{"id", "output"}``) on a test JSONL."""
     records = read_jsonl(test)
-    report = evaluate({r.id: r.target for r in records}, read_predictions(predictions))
+    report = evaluate(
+        {r.id: r.target for r in records},
+        read_predictions(predictions),
+        {r.id: r.unknown for r in records},
+    )
     report.update(system=system or predictions.name, test=str(test))
     write_report(report, out_dir)
     return report
@@ -46,7 +50,9 @@ def evaluate_model(
         max_new_tokens=max_new_tokens,
     )
     write_predictions(out_dir / "predictions.jsonl", outputs)
-    report = evaluate({r.id: r.target for r in records}, dict(outputs))
+    report = evaluate(
+        {r.id: r.target for r in records}, dict(outputs), {r.id: r.unknown for r in records}
+    )
     report.update(system=loaded.manifest.name, test=str(test), model=model_path)
     write_report(report, out_dir)
     return report

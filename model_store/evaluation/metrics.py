@@ -8,12 +8,15 @@
   value is scored as wrong (F1 0), not as an empty set.
 * Two denominators: ``all`` (every test item; an invalid or missing output is wrong on
   every field with F1 0) and ``valid_only`` (items with valid JSON, as the paper reports).
+* Partial labels: a field is scored only over the items that have a label for it (``unknown``
+  maps an id to its unlabelled fields); ``denominators`` says how many items each field's
+  figure is over, in both views. Valid JSON is over every item: it needs no label.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -108,17 +111,26 @@ def score_item(output_text: str | None, target: FashionAttributes) -> ItemScore:
     )
 
 
-def _summary(scores: Sequence[ItemScore]) -> dict[str, float | int]:
-    n = len(scores)
+_NAMES: Final = {
+    **{field: f"{field}_accuracy" for field in FIELDS},
+    "style_tags": "style_f1",
+    "occasion_tags": "occasion_f1",
+}
 
-    def mean(values: Sequence[float]) -> float:
-        return sum(values) / n if n else 0.0
 
-    summary: dict[str, float | int] = {"n": n}
-    for field in FIELDS:
-        summary[f"{field}_accuracy"] = mean([float(s.correct[field]) for s in scores])
-    summary["style_f1"] = mean([s.f1["style_tags"] for s in scores])
-    summary["occasion_f1"] = mean([s.f1["occasion_tags"] for s in scores])
+def _summary(scores: Sequence[ItemScore], unknown: Sequence[Collection[str]]) -> dict[str, Any]:
+    """Each field's mean over the items that have its label; ``denominators`` says how many."""
+    summary: dict[str, Any] = {"n": len(scores)}
+    denominators: dict[str, int] = {}
+    for field, name in _NAMES.items():
+        values = [
+            float(s.correct[field]) if field in FIELDS else s.f1[field]
+            for s, missing in zip(scores, unknown, strict=True)
+            if field not in missing
+        ]
+        summary[name] = sum(values) / len(values) if values else 0.0
+        denominators[field] = len(values)
+    summary["denominators"] = denominators
     return summary
 
 
@@ -148,27 +160,39 @@ def _confusion(pairs: Sequence[tuple[str, str]], labels: Sequence[str]) -> dict[
 
 
 def evaluate(
-    targets: Mapping[str, FashionAttributes], outputs: Mapping[str, str | None]
+    targets: Mapping[str, FashionAttributes],
+    outputs: Mapping[str, str | None],
+    unknown: Mapping[str, Collection[str]] | None = None,
 ) -> dict[str, Any]:
-    """Score raw ``outputs`` (id -> text; a missing id is an invalid output) on ``targets``."""
+    """Score raw ``outputs`` (id -> text; a missing id is an invalid output) on ``targets``.
+
+    ``unknown``: id -> the fields that item has no label for (scored on the others only).
+    """
     ids = sorted(targets)
+    missing = {item: (unknown or {}).get(item, ()) for item in ids}
     scores = {item: score_item(outputs.get(item), targets[item]) for item in ids}
-    valid = [scores[item] for item in ids if scores[item].valid_json]
+    valid_ids = [item for item in ids if scores[item].valid_json]
+    valid = [scores[item] for item in valid_ids]
     n = len(ids)
     report: dict[str, Any] = {
-        **_summary([scores[item] for item in ids]),
+        **_summary([scores[item] for item in ids], [missing[item] for item in ids]),
         "n_valid": len(valid),
         "valid_json_rate": len(valid) / n if n else 0.0,
         "schema_valid_rate": sum(s.schema_valid for s in valid) / n if n else 0.0,
         "missing_predictions": sum(1 for item in ids if outputs.get(item) is None),
         "unexpected_predictions": len(set(outputs) - set(targets)),
-        "valid_only": {**_summary(valid), "valid_json_rate": 1.0 if valid else 0.0},
+        "valid_only": {
+            **_summary(valid, [missing[item] for item in valid_ids]),
+            "valid_json_rate": 1.0 if valid else 0.0,
+        },
         "per_class": {},
         "confusion": {},
     }
     for field, labels in CLASS_LABELS.items():
         pairs = []
         for item in ids:
+            if field in missing[item]:
+                continue
             truth = getattr(targets[item], field)
             pairs.append(("null" if truth is None else truth, predicted_class(
                 parse_output(outputs.get(item)), field

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any, Final
 
 HEADLINE: Final = (
-    ("valid_json_rate", "valid JSON rate"),
-    ("category_accuracy", "category accuracy"),
-    ("primary_color_accuracy", "primary-colour accuracy"),
-    ("material_accuracy", "material accuracy"),
-    ("style_f1", "style F1"),
-    ("occasion_f1", "occasion F1"),
+    ("valid_json_rate", "valid JSON rate", None),
+    ("category_accuracy", "category accuracy", "category"),
+    ("primary_color_accuracy", "primary-colour accuracy", "primary_color"),
+    ("material_accuracy", "material accuracy", "material"),
+    ("style_f1", "style F1", "style_tags"),
+    ("occasion_f1", "occasion F1", "occasion_tags"),
 )
 
 
@@ -51,9 +51,17 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "| metric | all items | valid outputs only |", "|---|---|---|"]
     valid = report["valid_only"]
     lines.append(f"| n | {report['n']} | {valid['n']} |")
-    for key, label in HEADLINE:
-        other = "1.000" if key == "valid_json_rate" else f"{valid[key]:.3f}"
-        lines.append(f"| {label} | {report[key]:.3f} | {other} |")
+    for key, label, field in HEADLINE:
+        if field is None:
+            lines.append(f"| {label} | {report[key]:.3f} (n={report['n']}) | 1.000 |")
+            continue
+        n_all, n_valid = report["denominators"][field], valid["denominators"][field]
+        if not n_all:
+            lines.append(f"| {label} | no labels (n=0) | no labels (n=0) |")
+            continue
+        lines.append(
+            f"| {label} | {report[key]:.3f} (n={n_all}) | {valid[key]:.3f} (n={n_valid}) |"
+        )
     lines += [
         "",
         f"Schema-valid rate: {report['schema_valid_rate']:.3f}. Missing predictions: "
@@ -61,7 +69,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['unexpected_predictions']}.",
         "",
         "An invalid or missing output counts as wrong on every field (F1 0) under *all "
-        "items*; *valid outputs only* is the paper's denominator.",
+        "items*; *valid outputs only* is the paper's denominator. Each field is scored "
+        "over the items labelled for it (n in brackets); partial labels leave the rest out.",
     ]
     for field, table in report["per_class"].items():
         lines += [

@@ -55,10 +55,11 @@ class Examples:
         return len(self._records)
 
     def batch(self, indices: Sequence[int]) -> list[TrainingExample]:
-        return [
-            TrainingExample(open_rgb(self._records[i].image), self._records[i].target)
-            for i in indices
-        ]
+        return [self.example(self._records[i]) for i in indices]
+
+    @staticmethod
+    def example(record: Record) -> TrainingExample:
+        return TrainingExample(open_rgb(record.image), record.target, tuple(record.unknown))
 
 
 def autocast(device: torch.device, config: TrainConfig) -> AbstractContextManager[Any]:

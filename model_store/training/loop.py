@@ -222,8 +222,10 @@ def _finish(
     if config.val_generate:
         subset = list(val_records[: config.val_generate])
         outputs = predict_records(model, loaded.processor, loaded.manifest.prompt, subset)
-        scores = evaluate({r.id: r.target for r in subset}, outputs)
-        metrics["val"] = {key: scores[key] for key in HEADLINE_METRICS}
+        scores = evaluate(
+            {r.id: r.target for r in subset}, outputs, {r.id: r.unknown for r in subset}
+        )
+        metrics["val"] = {key: scores[key] for key in (*HEADLINE_METRICS, "denominators")}
     kept = report.get("kept")
     manifest = TrainingManifest(
         name=out_dir.name,

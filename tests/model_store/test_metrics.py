@@ -145,7 +145,7 @@ def test_cli_scores_external_predictions(
         assert key in saved["valid_only"]
     assert saved["valid_only"]["n"] == 3
     markdown = (out / "report.md").read_text(encoding="utf-8")
-    assert "| category accuracy | 0.750 | 1.000 |" in markdown
+    assert "| category accuracy | 0.750 (n=4) | 1.000 (n=3) |" in markdown
     for field in ("category", "primary_color"):
         assert (out / f"confusion_{field}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert evaluate_predictions(test, predictions, tmp_path / "again")["n"] == 4
