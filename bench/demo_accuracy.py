@@ -1,0 +1,81 @@
+"""What the served model answers for real photos: category accuracy and the confusion matrix on
+clothing-small's validation and test splits, through the real engine (constrained decoding, the
+service's default mode), so the figures are what ``/v1/extract`` would answer.
+
+    python -m bench.demo_accuracy [--model-dir DIR] [--photos ../shared/data/clothing-small]
+
+Without ``--model-dir`` it scores the configured model (``FF_MODEL_PATH``, else the shipped demo).
+The class folders map to categories by ``model_store/data/clothing_small_mapping.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image
+
+from service.inference.engine import load_engine
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+MAPPING = ROOT / "model_store" / "data" / "clothing_small_mapping.json"
+BATCH = 16
+
+
+def _photos(split: Path, mapping: dict[str, str]) -> list[tuple[Path, str]]:
+    return [
+        (photo, mapping[folder.name])
+        for folder in sorted(p for p in split.iterdir() if p.is_dir())
+        for photo in sorted(folder.iterdir())
+        if photo.is_file()
+    ]
+
+
+def score(model_dir: str | None, split: Path) -> dict[str, object]:
+    mapping = json.loads(MAPPING.read_text())
+    settings = Settings(model_path=model_dir) if model_dir else Settings()
+    engine = load_engine(settings)
+    items = _photos(split, mapping)
+    confusion: Counter[tuple[str, str]] = Counter()
+    for start in range(0, len(items), BATCH):
+        chunk = items[start : start + BATCH]
+        prepared = []
+        for path, _ in chunk:
+            with Image.open(path) as image:
+                prepared.append(engine.preprocess(image.convert("RGB")))
+        for (_, truth), outcome in zip(chunk, engine.run_batch(prepared), strict=True):
+            answer = outcome.attributes.category if outcome.attributes else "<failed>"
+            confusion[(truth, str(answer))] += 1
+    right = sum(n for (truth, answer), n in confusion.items() if truth == answer)
+    majority = Counter(truth for _, truth in items).most_common(1)[0]
+    return {
+        "split": split.name,
+        "photos": len(items),
+        "category_accuracy": right / len(items),
+        "majority_class": majority[0],
+        "majority_accuracy": majority[1] / len(items),
+        "confusion": {f"{t} -> {a}": n for (t, a), n in sorted(confusion.items())},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir")
+    parser.add_argument("--photos", type=Path, default=ROOT.parent / "shared/data/clothing-small")
+    parser.add_argument("--splits", nargs="+", default=["validation", "test"])
+    args = parser.parse_args()
+    for name in args.splits:
+        result = score(args.model_dir, args.photos / name)
+        print(json.dumps(result, indent=1))
+        print(
+            f"{name}: category accuracy {result['category_accuracy']:.3f} over "
+            f"{result['photos']} photos (always {result['majority_class']}: "
+            f"{result['majority_accuracy']:.3f})"
+        )
+
+
+if __name__ == "__main__":
+    main()
