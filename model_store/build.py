@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -99,19 +99,33 @@ PRESETS: Final[dict[str, ShapePreset]] = {
 
 
 def build_processor(tokenizer: RobertaTokenizer, preset: ShapePreset) -> Florence2Processor:
+    return make_processor(
+        tokenizer, image_size=preset.image_size, image_seq_length=preset.image_seq_length
+    )
+
+
+def make_processor(
+    tokenizer: RobertaTokenizer,
+    *,
+    image_size: int,
+    image_seq_length: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    resample: int = 3,  # PIL bicubic
+) -> Florence2Processor:
     """Florence-2's preprocessing: plain resize (no centre crop), bicubic, ImageNet stats."""
     image_processor = CLIPImageProcessorPil(
         do_resize=True,
-        size={"height": preset.image_size, "width": preset.image_size},
-        resample=3,  # PIL bicubic
+        size={"height": image_size, "width": image_size},
+        resample=resample,
         do_center_crop=False,
         do_rescale=True,
         rescale_factor=1 / 255,
         do_normalize=True,
-        image_mean=list(IMAGENET_MEAN),
-        image_std=list(IMAGENET_STD),
+        image_mean=list(mean),
+        image_std=list(std),
         do_convert_rgb=True,
-        image_seq_length=preset.image_seq_length,
+        image_seq_length=image_seq_length,
     )
     return Florence2Processor(
         image_processor=image_processor, tokenizer=tokenizer, post_processor_config={}
