@@ -25,6 +25,13 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="demo = tiny model for tests; the others have real dimensions (GPU benchmarks)",
     )
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--gpt2-ranks",
+        type=Path,
+        default=None,
+        help="GPT-2's BPE ranks (.tiktoken): the real-size presets get Florence-2's real "
+        "vocabulary (e.g. ../shared/data/tokenizers/gpt2.tiktoken)",
+    )
     demo.set_defaults(handler=_build_demo)
 
     trained = actions.add_parser(
@@ -69,7 +76,7 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def _build_demo(args: argparse.Namespace) -> int:
     from model_store.build import build_model
 
-    manifest = build_model(args.preset, args.out, seed=args.seed)
+    manifest = build_model(args.preset, args.out, seed=args.seed, gpt2_ranks=args.gpt2_ranks)
     print(json.dumps({"out": str(args.out), "weights": manifest.weights}, indent=2))
     return 0
 
