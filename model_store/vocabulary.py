@@ -96,8 +96,8 @@ def bart_tokenizer(ranks_path: Path) -> RobertaTokenizer:
         if len(token) > 1:
             left, right = _split(ranks, token, rank)
             merges.append((text(left), text(right)))
-    for token in (*BART_TAIL, "<mask>"):
-        vocab[token] = len(vocab)
+    for special in (*BART_TAIL, "<mask>"):
+        vocab[special] = len(vocab)
     if len(vocab) != BART_VOCAB_SIZE:
         raise ValueError(f"{ranks_path} gives {len(vocab)} BART tokens, not {BART_VOCAB_SIZE}")
     return RobertaTokenizer(
@@ -130,7 +130,7 @@ def add_image_token(tokenizer: Any) -> Any:
 
 def florence_tokenizer(ranks_path: Path) -> RobertaTokenizer:
     """A Florence-2 (native) tokenizer: 51,290 tokens, ``<image>`` = 51,289."""
-    tokenizer = add_image_token(add_florence_tokens(bart_tokenizer(ranks_path)))
+    tokenizer: RobertaTokenizer = add_image_token(add_florence_tokens(bart_tokenizer(ranks_path)))
     if len(tokenizer) != FLORENCE_ORIGINAL_VOCAB_SIZE + 1:
         raise ValueError(f"built {len(tokenizer)} tokens, not Florence-2's")
     return tokenizer

@@ -85,11 +85,12 @@ def merge_converted(
     """Apply an original-layout adapter to a native model and fold it into the weights."""
     config, weights = convert_adapter(adapter_dir)
     wrapped = PeftModel(model, config)
-    result = set_peft_model_state_dict(wrapped, weights)
+    result: Any = set_peft_model_state_dict(wrapped, weights)
     missing = [k for k in result.missing_keys if "lora_" in k]
-    if result.unexpected_keys or missing:
+    unexpected = list(result.unexpected_keys)
+    if unexpected or missing:
         raise CheckpointImportError(
-            f"adapter does not fit the model: unexpected {sorted(result.unexpected_keys)[:10]}, "
+            f"adapter does not fit the model: unexpected {sorted(unexpected)[:10]}, "
             f"missing {sorted(missing)[:10]}"
         )
     merged = wrapped.merge_and_unload()

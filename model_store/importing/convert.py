@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,14 @@ def _meta_model(config: dict[str, Any], model_vocab: int) -> Florence2ForConditi
         return Florence2ForConditionalGeneration(native)
 
 
+def _cast(
+    model: Florence2ForConditionalGeneration, dtype: torch.dtype
+) -> Florence2ForConditionalGeneration:
+    # ``to`` is wrapped with functools.wraps, which mypy cannot bind as a method.
+    move: Callable[..., Florence2ForConditionalGeneration] = model.to
+    return move(dtype=dtype)
+
+
 def _greedy_defaults(model: Florence2ForConditionalGeneration) -> None:
     """The service decodes greedily under its grammar: the original's beams, n-gram ban
     (which forbids the repeated `":"` of any JSON) and forced tokens are not carried over."""
@@ -124,7 +133,7 @@ def convert_directory(
     model.train(False)
     if adapter is not None:
         dtype = model.dtype
-        model = merge_converted(model.float(), adapter).to(dtype)  # merge in fp32
+        model = _cast(merge_converted(_cast(model, torch.float32), adapter), dtype)  # fp32 merge
     _greedy_defaults(model)
     return model, processor, accounting
 

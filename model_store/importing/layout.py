@@ -79,12 +79,13 @@ def vision_config(original: dict[str, Any]) -> Florence2VisionConfig:
         f"image_feature_source {source}: the native model computes {NATIVE_FEATURE_SOURCE} only",
     )
     keys = ("depths", "num_heads", "num_groups", "patch_size", "patch_stride", "patch_padding")
+    lists: dict[str, Any] = {k: list(original.get(k) or []) for k in keys}
     missing = [k for k in (*keys, "dim_embed", "patch_prenorm", "window_size", "projection_dim")
                if k not in original]  # fmt: skip
     _require(not missing, f"vision_config lacks {missing}")
     return Florence2VisionConfig(
         embed_dim=list(original["dim_embed"]),
-        **{k: list(original[k]) for k in keys},
+        **lists,
         patch_prenorm=[bool(v) for v in original["patch_prenorm"]],
         window_size=int(original["window_size"]),
         projection_dim=int(original["projection_dim"]),
@@ -102,7 +103,7 @@ def text_config(original: dict[str, Any], vocab_rows: int) -> BartConfig:
     # The service decodes greedily and constrained: the original's beam search and n-gram
     # ban (no_repeat_ngram_size=3 forbids the repeated `":"` every JSON object needs) and
     # forced tokens are generation settings, not weights, and are not carried over.
-    return BartConfig(**fields, forced_bos_token_id=None, forced_eos_token_id=None)
+    return BartConfig(**fields, forced_eos_token_id=None)
 
 
 def native_config(

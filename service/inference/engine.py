@@ -16,6 +16,7 @@ from typing import Final
 import numpy as np
 import torch
 from PIL import Image
+
 from model_store.demo_cache import ensure_demo_model
 from model_store.loading import LoadedModel, load_model
 from model_store.profiles import parse_output

@@ -194,8 +194,9 @@ def _copy(dst: nn.Module, src: nn.Module) -> None:
     dst.load_state_dict(src.state_dict())
 
 
-def fill_from_native(tree: OriginalFlorence2, native: Any) -> None:
+def fill_from_native(original: OriginalFlorence2, native: Any) -> None:
     """Give the original tree the native model's tensors, module by module."""
+    tree: Any = original  # nn.Module attributes are untyped to mypy
     vision = native.model.vision_tower
     for conv, source in zip(tree.vision_tower.convs, vision.convs, strict=True):
         _copy(conv.proj, source.conv)
