@@ -62,7 +62,7 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--profile",
         default="fashion-florence",
         choices=sorted(BUILTIN_PROFILES),
-        help="the text the model writes: this project's, or the paper's (paper-v2: five "
+        help="the text the model writes: this project's, or the paper's (paper: five "
         "fields; paper-v1: four, occasion derived from the category)",
     )
     imported.add_argument("--name", default=None, help="model name in the manifest")

@@ -1,10 +1,13 @@
 """Output profiles: the exact text a model was trained to write, and how it maps to schema v1.
 
 Models trained elsewhere write the same attributes differently. This project's models
-write every field in schema order with tags in schema order; the paper's model writes
-``json.dumps(labels, separators=(",", ":"))`` with its tag lists sorted alphabetically,
-and its V1 inference code reads only four fields and derives the occasion from the
-category. Constraining such a model to our text would fight it, so the grammar, the
+write every field in schema order with tags in schema order. The paper's training code
+writes ``json.dumps(labels, separators=(",", ":"))`` with its tag lists sorted
+alphabetically (``paper``: the five fields the paper describes); its V1 inference code
+reads four fields and derives the occasion from the style tags and category
+(``paper-v1``). The V2 adapter's card shows eight fields (``secondary_colors``, ``fit``,
+``season_tags`` too), which schema v1 cannot hold: no built-in profile claims it.
+Constraining a model to another text than its own would fight it, so the grammar, the
 parser and the confidence follow the model's profile; the API answer is schema v1 for
 every profile (tags back in schema order, derived values with ``confidence: null``).
 
@@ -19,8 +22,8 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fashion_florence_client.schema import (
-    CATEGORIES,
     FIELD_ORDER,
+    MAX_TAGS,
     OCCASION_TAGS,
     STYLE_TAGS,
     FashionAttributes,
@@ -28,22 +31,40 @@ from fashion_florence_client.schema import (
 
 PAPER_PROMPT: Final = "Analyze this clothing item image and return structured fashion tags as JSON."
 TagOrder = Literal["schema", "sorted"]
-Derivation = Literal["occasion_from_category"]
+Derivation = Literal["occasion_from_style_and_category"]
 TAG_VOCABULARIES: Final[dict[str, tuple[str, ...]]] = {
     "style_tags": STYLE_TAGS,
     "occasion_tags": OCCASION_TAGS,
 }
-#: Occasion by category, for profiles whose model does not write ``occasion_tags``. The
-#: paper's V1 code derives them by rules it does not publish with the weights; this table
-#: is this project's (everyday wear for the everyday categories), listed in schema order.
-OCCASION_BY_CATEGORY: Final[dict[str, list[str]]] = {
-    "top": ["everyday", "casual"],
-    "bottom": ["everyday", "casual"],
-    "dress": ["dinner", "party"],
-    "layer": ["everyday", "work"],
-    "shoes": ["everyday"],
-    "accessory": ["everyday"],
+#: The paper's V1 inference rules (``training/inference.py`` of the paper's code): occasions
+#: are the union over the predicted style tags, else a default per category. Restated as
+#: data; its ``formal-event`` is not a schema v1 occasion and is left out.
+OCCASION_BY_STYLE: Final[dict[str, tuple[str, ...]]] = {
+    "sporty": ("gym", "workout"),
+    "athletic": ("gym", "workout"),
+    "activewear": ("gym", "workout"),
+    "sexy": ("party", "night-out"),
+    "glamorous": ("party", "night-out"),
+    "edgy": ("going-out", "night-out"),
+    "elegant": ("dinner", "date"),
+    "classic": ("work", "everyday"),
+    "workwear": ("work",),
+    "preppy": ("work", "everyday"),
+    "bohemian": ("vacation", "casual"),
+    "streetwear": ("everyday", "casual"),
+    "minimalist": ("everyday", "work"),
+    "casual": ("everyday", "casual"),
+    "trendy": ("everyday", "going-out"),
+    "chic": ("everyday", "date"),
+    "vintage": ("everyday", "casual"),
+    "statement": ("party", "going-out"),
 }
+OCCASION_BY_CATEGORY: Final[dict[str, tuple[str, ...]]] = {
+    "shoes": ("everyday",),
+    "accessory": ("everyday",),
+    "layer": ("everyday", "casual"),
+}
+DEFAULT_OCCASIONS: Final = ("everyday", "casual")
 
 
 class ProfileError(ValueError):
@@ -74,7 +95,7 @@ class OutputProfile(BaseModel):
         ):
             raise ValueError("every schema field must be either written or derived, not both")
         if set(self.derived) - {"occasion_tags"}:
-            raise ValueError("only occasion_tags can be derived (from the category)")
+            raise ValueError("only occasion_tags can be derived (from style and category)")
         return self
 
     def tag_values(self, name: str) -> tuple[str, ...]:
@@ -85,14 +106,14 @@ class OutputProfile(BaseModel):
 
 PROJECT_PROFILE: Final = OutputProfile(name="fashion-florence", fields=FIELD_ORDER)
 PAPER_PROFILE: Final = OutputProfile(
-    name="paper-v2", prompt=PAPER_PROMPT, fields=FIELD_ORDER, tag_order="sorted"
+    name="paper", prompt=PAPER_PROMPT, fields=FIELD_ORDER, tag_order="sorted"
 )
 PAPER_FOUR_FIELD_PROFILE: Final = OutputProfile(
     name="paper-v1",
     prompt=PAPER_PROMPT,
     fields=FIELD_ORDER[:4],
     tag_order="sorted",
-    derived={"occasion_tags": "occasion_from_category"},
+    derived={"occasion_tags": "occasion_from_style_and_category"},
 )
 BUILTIN_PROFILES: Final[dict[str, OutputProfile]] = {
     p.name: p for p in (PROJECT_PROFILE, PAPER_PROFILE, PAPER_FOUR_FIELD_PROFILE)
@@ -123,10 +144,16 @@ def target_text(attributes: FashionAttributes, profile: OutputProfile) -> str:
     return json.dumps(labels(attributes, profile), separators=(",", ":"), ensure_ascii=False)
 
 
-def derive(name: str, how: Derivation, written: dict[str, Any]) -> Any:
-    if how == "occasion_from_category":
-        return list(OCCASION_BY_CATEGORY.get(str(written.get("category")), []))
-    raise ProfileError(f"unknown derivation {how!r} for {name}")
+def derive(name: str, how: Derivation, written: dict[str, Any]) -> list[str]:
+    """A field the model does not write, from the ones it does (schema order, at most the
+    schema's maximum: the V1 rules can name more occasions than schema v1 allows)."""
+    if how != "occasion_from_style_and_category":
+        raise ProfileError(f"unknown derivation {how!r} for {name}")
+    styles = written.get("style_tags") or []
+    found = {tag for style in styles for tag in OCCASION_BY_STYLE.get(str(style), ())}
+    if not found:
+        found = set(OCCASION_BY_CATEGORY.get(str(written.get("category")), DEFAULT_OCCASIONS))
+    return [tag for tag in OCCASION_TAGS if tag in found][:MAX_TAGS]
 
 
 def parse_output(text: str, profile: OutputProfile) -> FashionAttributes:
@@ -157,9 +184,3 @@ def parse_output(text: str, profile: OutputProfile) -> FashionAttributes:
         return FashionAttributes.model_validate(full)
     except ValueError as exc:
         raise ProfileError(str(exc)) from exc
-
-
-def check_categories() -> None:
-    """The derivation table covers exactly the schema's categories (tested)."""
-    if set(OCCASION_BY_CATEGORY) != set(CATEGORIES):
-        raise ProfileError("OCCASION_BY_CATEGORY must cover every category")
