@@ -239,6 +239,7 @@ def test_real_vocabulary_model_jump_forward_matches_generate(
         rows = decoder.decode(prompt, torch.ones_like(prompt), pixels)
     expected = [r[1:][: r[1:].index(EOS) + 1] for r in reference.tolist()]
     assert [r.tokens for r in rows] == expected
+    assert engine.info.manifest["profile"]["name"] == "paper-v1"  # what /v1/model shows
     for outcome in engine.run_batch(prepared):
         assert outcome.ok, outcome.error_detail
         assert outcome.confidence is not None
