@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Final
 
@@ -39,8 +40,10 @@ def weight_files(directory: Path) -> list[Path]:
 
 
 def read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    # Memory-mapped where torch can (its zip format): the tensors are not read twice.
+    mmap = zipfile.is_zipfile(path)
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointImportError(

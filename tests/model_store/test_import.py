@@ -197,12 +197,16 @@ def test_a_pickle_with_code_is_refused_unrun(source: Path, tmp_path: Path) -> No
         if path.name != "model.safetensors":
             (evil / path.name).write_bytes(path.read_bytes())
     marker = tmp_path / "code-ran"
-    with (evil / "pytorch_model.bin").open("wb") as handle:
-        pickle.dump({"image_projection": _Payload(marker)}, handle)
-    with pytest.raises(CheckpointImportError, match="weights_only"):
-        import_checkpoint(evil, tmp_path / "out")
-    assert not marker.exists()
-    assert not (tmp_path / "out").exists()
+    for save in ("torch", "legacy"):  # torch's zip format, and a plain pickle stream
+        if save == "torch":
+            torch.save({"image_projection": _Payload(marker)}, evil / "pytorch_model.bin")
+        else:
+            with (evil / "pytorch_model.bin").open("wb") as handle:
+                pickle.dump({"image_projection": _Payload(marker)}, handle)
+        with pytest.raises(CheckpointImportError, match="Weights only load failed"):
+            import_checkpoint(evil, tmp_path / "out")
+        assert not marker.exists()
+        assert not (tmp_path / "out").exists()
 
 
 def test_serving_an_original_directory_names_the_import_command(source: Path) -> None:
