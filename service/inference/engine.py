@@ -170,7 +170,7 @@ class FlorenceEngine:
             device=str(self._device),
             dtype=str(self._dtype).removeprefix("torch."),
             image_size=self._image_size,
-            manifest=self._manifest.model_dump(),
+            manifest=self._manifest.model_dump(mode="json"),
         )
 
     def preprocess(self, image: Image.Image) -> PreparedImage:
