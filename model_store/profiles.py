@@ -153,7 +153,8 @@ def derive(name: str, how: Derivation, written: dict[str, Any]) -> list[str]:
     found = {tag for style in styles for tag in OCCASION_BY_STYLE.get(str(style), ())}
     if not found:
         found = set(OCCASION_BY_CATEGORY.get(str(written.get("category")), DEFAULT_OCCASIONS))
-    return [tag for tag in OCCASION_TAGS if tag in found][:MAX_TAGS]
+    ordered: list[str] = [tag for tag in OCCASION_TAGS if tag in found]
+    return ordered[:MAX_TAGS]
 
 
 def parse_output(text: str, profile: OutputProfile) -> FashionAttributes:

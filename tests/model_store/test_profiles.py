@@ -53,7 +53,7 @@ def test_profiles_must_cover_the_schema() -> None:
 
 
 def test_old_manifests_mean_this_projects_profile() -> None:
-    old = {
+    old: dict[str, object] = {
         "name": "m", "base_model": "b", "adapter": None, "schema_version": 1, "prompt": "p",
         "image_size": 128, "dtype": "float32", "weights": {}, "created_at": "t",
     }  # fmt: skip
