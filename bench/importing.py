@@ -132,8 +132,14 @@ def main() -> None:
     parser.add_argument("--preset", default="florence-2-large")
     parser.add_argument("--format", default="bin", choices=["bin", "safetensors"])
     parser.add_argument("--skip-import", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
-    print(f"machine: {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    print(
+        f"machine: {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     if not args.skip_import:
         result = measure_import(args.preset, args.format)
         print(f"\nimport {args.preset} ({args.format}, fp16, original layout), CPU:")
