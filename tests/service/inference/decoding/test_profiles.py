@@ -141,7 +141,7 @@ def forced_decode(grammar: SchemaGrammar, wanted: list[int]) -> tuple[list[int],
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN_PROFILES))
-@settings(max_examples=6, deadline=None, derandomize=True)
+@settings(max_examples=20, deadline=None, derandomize=True)
 @given(attributes=ATTRIBUTES)
 def test_training_text_is_what_constrained_decoding_writes(
     name: str,
