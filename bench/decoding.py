@@ -267,7 +267,7 @@ def main() -> None:
     demo_tokenizer = load_model(str(model_dir)).processor.tokenizer
     tokenizers: dict[str, Any] = {"demo": demo_tokenizer}
     if args.gpt2_ranks is not None:
-        from service.inference.decoding.bart_vocab import bart_tokenizer
+        from model_store.vocabulary import bart_tokenizer
 
         tokenizers["bart"] = bart_tokenizer(args.gpt2_ranks)
     targets = random_targets(args.targets)

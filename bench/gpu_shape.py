@@ -33,6 +33,8 @@ T = TypeVar("T")
 SERVICE_MODE: Final = decoding_mode(Settings.model_construct())
 #: The service needs room beyond the sweep's peak (the next batch's inputs, fragmentation).
 MEMORY_HEADROOM: Final = 0.85
+#: GPT-2's BPE ranks in the shared data next to the checkout (absent on a bare GPU host).
+GPT2_RANKS: Final = Path(__file__).resolve().parents[2] / "shared/data/tokenizers/gpt2.tiktoken"
 #: Kept back from the sweep for what follows it in the same shape.
 FLOPS_RESERVE_S: Final = 15.0
 SERVICE_RESERVE_S: Final = 150.0
@@ -69,13 +71,16 @@ def ensure_shape(shape: str, cache_dir: Path, device: torch.device) -> tuple[Pat
     from service.inference.engine import resolve_dtype
 
     dtype = resolve_dtype("auto", device)
-    directory = cache_dir / f"{shape}-{str(dtype).removeprefix('torch.')}"
+    # Florence-2's real vocabulary where the shared data is at hand (real mask costs).
+    ranks = GPT2_RANKS if GPT2_RANKS.is_file() and shape != "demo" else None
+    vocab = "real-vocab" if ranks else "padded-vocab"
+    directory = cache_dir / f"{shape}-{str(dtype).removeprefix('torch.')}-{vocab}"
     try:
         verify_directory(directory, check_checksums=False)
         return directory, 0.0
     except ManifestError:
         started = time.perf_counter()
-        build_model(shape, directory, device=device, dtype=dtype)
+        build_model(shape, directory, device=device, dtype=dtype, gpt2_ranks=ranks)
         return directory, time.perf_counter() - started
 
 

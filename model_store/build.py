@@ -9,9 +9,10 @@ for GPU benchmarks only (never built in tests).
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -29,11 +30,13 @@ from transformers import (
 
 from model_store.manifest import DEFAULT_PROMPT, ModelManifest, new_manifest
 from model_store.tokenizer import train_tokenizer
+from model_store.vocabulary import florence_tokenizer, native_embedding_rows
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
 IMAGENET_STD: Final = (0.229, 0.224, 0.225)
-#: Florence-2's embedding table: 51289 BART tokens plus <image>. The presets match its size
-#: (our <image> id differs; irrelevant for random-weight speed measurements).
+#: Florence-2's tokens (BART's 50,265 and its 1,024 added ones); <image> comes after them.
 FLORENCE_VOCAB_SIZE: Final = 51289
 #: A fixed time for the demo manifest so that two builds are identical byte for byte.
 DEMO_CREATED_AT: Final = "2026-01-01T00:00:00+00:00"
@@ -99,19 +102,33 @@ PRESETS: Final[dict[str, ShapePreset]] = {
 
 
 def build_processor(tokenizer: RobertaTokenizer, preset: ShapePreset) -> Florence2Processor:
+    return make_processor(
+        tokenizer, image_size=preset.image_size, image_seq_length=preset.image_seq_length
+    )
+
+
+def make_processor(
+    tokenizer: RobertaTokenizer,
+    *,
+    image_size: int,
+    image_seq_length: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    resample: int = 3,  # PIL bicubic
+) -> Florence2Processor:
     """Florence-2's preprocessing: plain resize (no centre crop), bicubic, ImageNet stats."""
     image_processor = CLIPImageProcessorPil(
         do_resize=True,
-        size={"height": preset.image_size, "width": preset.image_size},
-        resample=3,  # PIL bicubic
+        size={"height": image_size, "width": image_size},
+        resample=resample,
         do_center_crop=False,
         do_rescale=True,
         rescale_factor=1 / 255,
         do_normalize=True,
-        image_mean=list(IMAGENET_MEAN),
-        image_std=list(IMAGENET_STD),
+        image_mean=list(mean),
+        image_std=list(std),
         do_convert_rgb=True,
-        image_seq_length=preset.image_seq_length,
+        image_seq_length=image_seq_length,
     )
     return Florence2Processor(
         image_processor=image_processor, tokenizer=tokenizer, post_processor_config={}
@@ -157,14 +174,28 @@ def build_config(
     return Florence2Config(vision_config=vision, text_config=text, image_token_id=image_token_id)
 
 
-def _preset_tokenizer(preset: ShapePreset, prompt: str) -> RobertaTokenizer:
+def _preset_tokenizer(
+    preset: ShapePreset, prompt: str, gpt2_ranks: Path | None = None
+) -> RobertaTokenizer:
+    if preset.name == "demo":
+        return train_tokenizer(prompt)
+    if gpt2_ranks is not None:
+        # Florence-2's real vocabulary: real token counts and real mask widths.
+        return florence_tokenizer(gpt2_ranks)
+    log.warning(
+        "no GPT-2 ranks given for %s: padding the demo tokenizer to Florence-2's size; "
+        "shapes are real, tokenization and grammar masks are not",
+        preset.name,
+    )
     tokenizer = train_tokenizer(prompt)
-    if preset.name != "demo":
-        # Real-size presets exist to measure speed; their embedding tables must have
-        # Florence-2's real size, so pad the vocabulary out with unused tokens.
-        filler = FLORENCE_VOCAB_SIZE - len(tokenizer) + 1  # +1: <image> already counted
-        tokenizer.add_tokens([f"<unused_{i}>" for i in range(max(filler, 0))])
+    filler = FLORENCE_VOCAB_SIZE - len(tokenizer) + 1  # +1: <image> already counted
+    tokenizer.add_tokens([f"<unused_{i}>" for i in range(max(filler, 0))])
     return tokenizer
+
+
+def _embedding_rows(preset: ShapePreset, tokenizer: RobertaTokenizer) -> int:
+    """Florence-2's native table is padded to a multiple of 64 (51,328 rows)."""
+    return len(tokenizer) if preset.name == "demo" else native_embedding_rows(len(tokenizer))
 
 
 def build_model(
@@ -176,17 +207,22 @@ def build_model(
     text_init_std: float | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    gpt2_ranks: Path | None = None,
 ) -> ModelManifest:
     """Write a random-weight native Florence-2 with tokenizer, processor and manifest.
 
     ``device`` and ``dtype`` are for the large presets: initialising 0.77B parameters on a
     GPU takes a second where the CPU takes many, and bf16 weights halve what is written
-    and hashed. The weights are drawn in float32 either way, then cast."""
+    and hashed. The weights are drawn in float32 either way, then cast. ``gpt2_ranks``
+    (GPT-2's ``.tiktoken`` ranks) gives the real-size presets Florence-2's real vocabulary."""
     preset = PRESETS[preset_name]
-    tokenizer = _preset_tokenizer(preset, prompt)
+    tokenizer = _preset_tokenizer(preset, prompt, gpt2_ranks)
     processor = build_processor(tokenizer, preset)
     config = build_config(
-        preset, len(tokenizer), tokenizer.image_token_id, text_init_std=text_init_std
+        preset,
+        _embedding_rows(preset, tokenizer),
+        tokenizer.image_token_id,
+        text_init_std=text_init_std,
     )
     torch.manual_seed(seed)
     with torch.device(device):

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from model_store.manifest import ManifestError
+from model_store.profiles import BUILTIN_PROFILES
 
 
 def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,6 +25,13 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="demo = tiny model for tests; the others have real dimensions (GPU benchmarks)",
     )
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--gpt2-ranks",
+        type=Path,
+        default=None,
+        help="GPT-2's BPE ranks (.tiktoken): the real-size presets get Florence-2's real "
+        "vocabulary (e.g. ../shared/data/tokenizers/gpt2.tiktoken)",
+    )
     demo.set_defaults(handler=_build_demo)
 
     trained = actions.add_parser(
@@ -49,6 +57,24 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     merge.add_argument("out", type=Path, help="output directory for the merged model")
     merge.set_defaults(handler=_merge)
 
+    imported = actions.add_parser(
+        "import",
+        help="convert a checkpoint in Florence-2's original (trust_remote_code) layout, "
+        "optionally with a LoRA adapter trained on it, into a servable native model",
+    )
+    imported.add_argument("source", type=Path, help="original-layout model directory")
+    imported.add_argument("out", type=Path, help="output directory (must not exist or be empty)")
+    imported.add_argument("--adapter", type=Path, default=None, help="PEFT LoRA adapter to merge")
+    imported.add_argument(
+        "--profile",
+        default="fashion-florence",
+        choices=sorted(BUILTIN_PROFILES),
+        help="the text the model writes: this project's, or the paper's (paper: five "
+        "fields; paper-v1: four, occasion derived from the category)",
+    )
+    imported.add_argument("--name", default=None, help="model name in the manifest")
+    imported.set_defaults(handler=_import)
+
     verify = actions.add_parser("verify", help="check a model directory against its manifest")
     verify.add_argument("directory", type=Path)
     verify.set_defaults(handler=_verify)
@@ -57,7 +83,7 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def _build_demo(args: argparse.Namespace) -> int:
     from model_store.build import build_model
 
-    manifest = build_model(args.preset, args.out, seed=args.seed)
+    manifest = build_model(args.preset, args.out, seed=args.seed, gpt2_ranks=args.gpt2_ranks)
     print(json.dumps({"out": str(args.out), "weights": manifest.weights}, indent=2))
     return 0
 
@@ -104,6 +130,27 @@ def _merge(args: argparse.Namespace) -> int:
         print(f"FAILED: {exc}")
         return 1
     print(json.dumps({"out": str(args.out), "weights": manifest.weights}, indent=2))
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from model_store.importing.convert import import_checkpoint
+    from model_store.importing.errors import CheckpointImportError
+
+    try:
+        manifest = import_checkpoint(
+            args.source,
+            args.out,
+            adapter=args.adapter,
+            profile=BUILTIN_PROFILES[args.profile],
+            name=args.name,
+        )
+    except CheckpointImportError as exc:
+        print(f"FAILED (nothing written to {args.out}): {exc}")
+        return 1
+    dropped = manifest.imported.dropped if manifest.imported else {}
+    summary = {"out": str(args.out), "weights": manifest.weights, "profile": args.profile}
+    print(json.dumps({**summary, "dropped": dropped}, indent=2))
     return 0
 
 

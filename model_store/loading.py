@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import Florence2ForConditionalGeneration, Florence2Processor
+from transformers import Florence2ForConditionalGeneration, Florence2Processor, PretrainedConfig
 
 from fashion_florence_client.schema import SCHEMA_VERSION
+from model_store.importing.layout import IMPORT_HINT, is_original_config, is_original_layout
 from model_store.lora import AdapterError, merge_adapter
 from model_store.manifest import (
     DEFAULT_PROMPT,
@@ -56,8 +57,24 @@ def _assumed_manifest(source: str, processor: Florence2Processor) -> ModelManife
     )
 
 
+def _refuse_original(source: str) -> None:
+    """The native class would load an original-layout config with default dimensions and
+    random weights where the names differ: refuse it and say how to convert it."""
+    try:
+        config, _ = PretrainedConfig.get_config_dict(source)
+    except (OSError, ValueError):
+        return  # from_pretrained reports the real problem
+    if is_original_config(config):
+        raise ModelLoadError(
+            f"{source} is a Florence-2 checkpoint in the original (trust_remote_code) layout, "
+            f"which this service does not load directly; {IMPORT_HINT}"
+        )
+
+
 def _from_pretrained(source: str) -> tuple[Florence2ForConditionalGeneration, Florence2Processor]:
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+    if not Path(source).is_dir():  # local directories were checked before
+        _refuse_original(source)
     try:
         model = Florence2ForConditionalGeneration.from_pretrained(
             source, use_safetensors=True, dtype=torch.float32
@@ -102,6 +119,11 @@ def load_model(
     manifest: ModelManifest | None = None
     if local.is_dir():
         source = str(local)
+        if is_original_layout(local):
+            raise ModelLoadError(
+                f"{source} holds a Florence-2 checkpoint in the original (trust_remote_code) "
+                f"layout, which this service does not load directly; {IMPORT_HINT}"
+            )
         if (local / MANIFEST_NAME).is_file():
             try:
                 manifest = verify_directory(local, check_checksums=verify_checksums)
@@ -146,6 +168,8 @@ def save_model(
         prompt=loaded.manifest.prompt,
         image_size=loaded.manifest.image_size,
         dtype=dtype,
+        profile=loaded.manifest.profile,
+        imported=loaded.manifest.imported,
     )
     manifest.write(out_dir)
     return manifest

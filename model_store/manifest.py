@@ -17,6 +17,7 @@ from typing import Final
 from pydantic import BaseModel, ConfigDict, Field
 
 from fashion_florence_client.schema import SCHEMA_VERSION
+from model_store.profiles import PROJECT_PROFILE, OutputProfile
 
 MANIFEST_NAME: Final = "model_manifest.json"
 WEIGHT_SUFFIXES: Final = (".safetensors",)
@@ -26,6 +27,19 @@ DEFAULT_PROMPT: Final = "Extract the garment attributes as JSON."
 
 class ManifestError(Exception):
     """A model directory cannot be trusted: missing, tampered with or for another schema."""
+
+
+class ImportRecord(BaseModel):
+    """Where an imported model came from, and what of it was not carried over (and why)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    layout: str = "florence2-original"
+    weights: dict[str, str] = Field(description="source weight file -> sha256")
+    adapter: str | None = None
+    adapter_weights: dict[str, str] = Field(default_factory=dict)
+    dropped: dict[str, str] = Field(description="source key -> why it has no native tensor")
 
 
 class ModelManifest(BaseModel):
@@ -40,6 +54,9 @@ class ModelManifest(BaseModel):
     dtype: str
     weights: dict[str, str] = Field(description="file name -> sha256 hex digest")
     created_at: str
+    #: The text the model writes (manifests from before profiles mean this project's).
+    profile: OutputProfile = PROJECT_PROFILE
+    imported: ImportRecord | None = None
 
     def write(self, directory: Path) -> Path:
         path = directory / MANIFEST_NAME
@@ -109,6 +126,8 @@ def new_manifest(
     image_size: int,
     dtype: str,
     created_at: str | None = None,
+    profile: OutputProfile = PROJECT_PROFILE,
+    imported: ImportRecord | None = None,
 ) -> ModelManifest:
     return ModelManifest(
         name=name,
@@ -120,6 +139,8 @@ def new_manifest(
         dtype=dtype,
         weights=weight_checksums(directory),
         created_at=created_at or created_at_now(),
+        profile=profile,
+        imported=imported,
     )
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import random
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -17,6 +19,7 @@ from model_store.synthetic import COLOR_CLASSES, block_garment
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 PHOTOS = SHARED_DATA / "clothing-small" / "test"
+GPT2_RANKS = SHARED_DATA / "tokenizers" / "gpt2.tiktoken"
 
 
 def photo_paths(limit: int | None = None) -> list[Path]:
@@ -44,6 +47,24 @@ def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("models") / "demo"
     build_model("demo", directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def bart_vocab() -> Any:
+    """BART's real 50,265-token tokenizer, built offline from GPT-2's ranks (~3 s, once)."""
+    from model_store.vocabulary import bart_tokenizer
+
+    if not GPT2_RANKS.is_file():
+        pytest.fail(f"{GPT2_RANKS} is missing: the shared data set is required")
+    return bart_tokenizer(GPT2_RANKS)
+
+
+@pytest.fixture(scope="session")
+def florence_vocab(bart_vocab: Any) -> Any:
+    """Florence-2's real-size native tokenizer: BART, the 1,024 added tokens, <image>."""
+    from model_store.vocabulary import add_florence_tokens, add_image_token
+
+    return add_image_token(add_florence_tokens(copy.deepcopy(bart_vocab)))
 
 
 TRAINED_MODEL_NAME = "fashion-florence-demo-colors"

@@ -16,11 +16,10 @@ from typing import Final
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import ValidationError
 
-from fashion_florence_client.schema import FashionAttributes
 from model_store.demo_cache import ensure_demo_model
 from model_store.loading import LoadedModel, load_model
+from model_store.profiles import parse_output
 from service.backend import (
     DeviceFatalError,
     DeviceOutOfMemoryError,
@@ -147,8 +146,9 @@ class FlorenceEngine:
         self._eos_id = int(tokenizer.eos_token_id)
         self._pad_id = int(tokenizer.pad_token_id)
         # Constrained modes compile the schema grammar here, once per loaded model.
+        self._profile = loaded.manifest.profile
         self._decoder = build_decoder(
-            self._model, tokenizer, decoding, max_new_tokens=max_new_tokens
+            self._model, tokenizer, decoding, max_new_tokens=max_new_tokens, profile=self._profile
         )
         grammar = self._decoder.grammar
         self._token_bytes = list(grammar.tokenizer_info.decoded_vocab) if grammar else []
@@ -170,7 +170,7 @@ class FlorenceEngine:
             device=str(self._device),
             dtype=str(self._dtype).removeprefix("torch."),
             image_size=self._image_size,
-            manifest=self._manifest.model_dump(),
+            manifest=self._manifest.model_dump(mode="json"),
         )
 
     def preprocess(self, image: Image.Image) -> PreparedImage:
@@ -255,17 +255,19 @@ class FlorenceEngine:
         steps = len([t for t in generated if t != self._pad_id])
         text = self._processor.tokenizer.decode(generated, skip_special_tokens=True)
         try:
-            attributes = FashionAttributes.from_model_text(text)
-        except ValidationError as exc:
-            detail = (
-                f"{exc.error_count()} schema error(s); output began {text[:OUTPUT_PREVIEW_CHARS]!r}"
-            )
+            attributes = parse_output(text, self._profile)
+        except ValueError as exc:  # ProfileError, or pydantic's ValidationError inside it
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
+            detail = f"schema error: {reason}; output began {text[:OUTPUT_PREVIEW_CHARS]!r}"
             return ItemOutcome(text, steps, failure=ItemFailure.INVALID_OUTPUT, error_detail=detail)
         confidence = None
         if logprobs is not None:
             body = generated[1:-1] if generated[-1] == self._eos_id else generated[1:]
             confidence = attribute_confidence(
-                attributes, [self._token_bytes[t] for t in body], logprobs[: len(body)]
+                attributes,
+                [self._token_bytes[t] for t in body],
+                logprobs[: len(body)],
+                self._profile,
             )
         return ItemOutcome(text, steps, attributes=attributes, confidence=confidence)
 

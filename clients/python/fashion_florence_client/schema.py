@@ -95,7 +95,10 @@ class AttributeConfidence(BaseModel):
     primary_color: float = Field(ge=0.0, le=1.0)
     material: float = Field(ge=0.0, le=1.0, description="Confidence in the value, also `null`.")
     style_tags: list[float] = Field(description="One number per tag, in the same order.")
-    occasion_tags: list[float] = Field(description="One number per tag, in the same order.")
+    occasion_tags: list[float] | None = Field(
+        description="One number per tag, in the same order; null when the model does not "
+        "write occasions and they are derived from the category (no model probability)."
+    )
 
 
 def filter_tags(
@@ -107,7 +110,9 @@ def filter_tags(
     for name, value in attributes.model_dump().items():
         if not isinstance(value, list):
             continue
-        scores: list[float] = getattr(confidence, name)
+        scores: list[float] | None = getattr(confidence, name)
+        if scores is None:  # derived values have no confidence and are never dropped
+            continue
         pairs = [(t, s) for t, s in zip(value, scores, strict=True) if s >= min_tag_confidence]
         kept_attributes[name] = [t for t, _ in pairs]
         kept_confidence[name] = [s for _, s in pairs]

@@ -8,7 +8,8 @@ the decoder took through that value. For a model trained on canonical tokenizati
 is the value's probability; in general it is a lower bound of it (another tokenization of
 the same value would be another path).
 
-Pure Python: the confidence model itself (:class:`AttributeConfidence`) lives with the
+Tags are scored in the order the model wrote them and reported in schema order. Pure
+Python: the confidence model itself (:class:`AttributeConfidence`) lives with the
 output schema, which the HTTP layer and clients use without this package.
 """
 
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fashion_florence_client.schema import AttributeConfidence, FashionAttributes
+from model_store.profiles import PROJECT_PROFILE, OutputProfile, labels, target_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,20 +29,24 @@ class Span:
     """Where one value sits in the target text: bytes ``[start, end)``."""
 
     field: str
-    tag: int | None  # index within a tag list; None for a single-choice field
+    tag: int | None  # index within the schema-ordered tag list; None for a single choice
     start: int
     end: int
 
 
-def value_spans(attributes: FashionAttributes) -> tuple[str, list[Span]]:
-    """The target text and the byte span of every value in it.
+def value_spans(
+    attributes: FashionAttributes, profile: OutputProfile = PROJECT_PROFILE
+) -> tuple[str, list[Span]]:
+    """The text ``profile``'s model writes for ``attributes`` and the byte span of every
+    value in it (in text order; a tag's ``tag`` is its index in schema order).
 
-    Built with the same ``json.dumps`` as :meth:`FashionAttributes.to_target_text` (and
+    Built with the same ``json.dumps`` as :func:`model_store.profiles.target_text` (and
     checked against it), so spans cannot drift from the text the model writes.
     """
     pieces: list[str] = []
     spans: list[Span] = []
     size = 0
+    schema_order = attributes.model_dump()
 
     def put(text: str) -> tuple[int, int]:
         nonlocal size
@@ -49,7 +55,7 @@ def value_spans(attributes: FashionAttributes) -> tuple[str, list[Span]]:
         size += len(text.encode())
         return start, size
 
-    for index, (name, value) in enumerate(attributes.model_dump().items()):
+    for index, (name, value) in enumerate(labels(attributes, profile).items()):
         put(("{" if index == 0 else ",") + json.dumps(name, ensure_ascii=False) + ":")
         if isinstance(value, list):
             put("[")
@@ -57,27 +63,31 @@ def value_spans(attributes: FashionAttributes) -> tuple[str, list[Span]]:
                 # A later tag's span starts at its comma: writing the comma is the decision
                 # that the list goes on, and that decision belongs to this tag.
                 start, end = put(("," if position else "") + json.dumps(tag, ensure_ascii=False))
-                spans.append(Span(name, position, start, end))
+                spans.append(Span(name, schema_order[name].index(tag), start, end))
             put("]")
         else:
             start, end = put(json.dumps(value, ensure_ascii=False))
             spans.append(Span(name, None, start, end))
     put("}")
     text = "".join(pieces)
-    if text != attributes.to_target_text():
-        raise AssertionError("value_spans disagrees with FashionAttributes.to_target_text")
+    if text != target_text(attributes, profile):
+        raise AssertionError("value_spans disagrees with the profile's target text")
     return text, spans
 
 
 def attribute_confidence(
-    attributes: FashionAttributes, token_bytes: Sequence[bytes], logprobs: Sequence[float]
+    attributes: FashionAttributes,
+    token_bytes: Sequence[bytes],
+    logprobs: Sequence[float],
+    profile: OutputProfile = PROJECT_PROFILE,
 ) -> AttributeConfidence | None:
     """Confidence per value from the tokens that wrote the output and their log-probabilities.
 
     ``token_bytes`` and ``logprobs`` cover the JSON text only (no ``<s>``/``</s>``). Returns
-    None if the tokens do not spell the canonical target text (not a constrained output).
+    None if the tokens do not spell ``profile``'s text for ``attributes`` (not a constrained
+    output). Fields the model does not write (derived by the profile) get None.
     """
-    text, spans = value_spans(attributes)
+    text, spans = value_spans(attributes, profile)
     if b"".join(token_bytes) != text.encode() or len(token_bytes) != len(logprobs):
         return None
     ends: list[int] = []
@@ -87,7 +97,9 @@ def attribute_confidence(
         ends.append(offset)
     scores: dict[str, float] = {}
     tags: dict[str, list[float]] = {
-        name: [] for name, value in attributes.model_dump().items() if isinstance(value, list)
+        name: [0.0] * len(value)
+        for name, value in attributes.model_dump().items()
+        if isinstance(value, list) and name in profile.fields
     }
     token = 0
     for span in spans:  # spans and tokens are both in text order: one merge-like sweep
@@ -102,5 +114,6 @@ def attribute_confidence(
         if span.tag is None:
             scores[span.field] = probability
         else:
-            tags[span.field].append(probability)
-    return AttributeConfidence.model_validate({**scores, **tags})
+            tags[span.field][span.tag] = probability
+    derived = dict.fromkeys(profile.derived)
+    return AttributeConfidence.model_validate({**scores, **tags, **derived})

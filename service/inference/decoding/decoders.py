@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
+from model_store.profiles import PROJECT_PROFILE, OutputProfile
 from service.inference.decoding.constrained import GrammarLogitsProcessor
 from service.inference.decoding.florence import Florence2Stepper, UnsupportedModelError
 from service.inference.decoding.grammar import SchemaGrammar, compile_schema_grammar
@@ -144,13 +145,21 @@ class JumpForward:
 
 
 def build_decoder(
-    model: Any, tokenizer: Any, mode: DecodingMode, *, max_new_tokens: int
+    model: Any,
+    tokenizer: Any,
+    mode: DecodingMode,
+    *,
+    max_new_tokens: int,
+    profile: OutputProfile = PROJECT_PROFILE,
 ) -> Decoder:
-    """Compile the grammar (constrained modes; once per loaded model) and build the decoder."""
+    """Compile the grammar of the text ``profile``'s model writes (constrained modes; once
+    per loaded model) and build the decoder."""
     ids = SpecialIds.of(model, tokenizer)
     if mode is DecodingMode.PLAIN:
         return GenerateDecoder(model, ids, max_new_tokens, None)
-    grammar = compile_schema_grammar(tokenizer, int(model.config.text_config.vocab_size))
+    grammar = compile_schema_grammar(
+        tokenizer, int(model.config.text_config.vocab_size), profile=profile
+    )
     log.info("schema grammar compiled in %.1f ms", grammar.compile_ms)
     needed = grammar.max_output_tokens + 2  # one token per byte, plus <s> and </s>
     if max_new_tokens < needed:

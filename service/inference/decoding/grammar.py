@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import xgrammar as xgr
 from pydantic import BaseModel
 
 from fashion_florence_client.schema import FashionAttributes
+from model_store.profiles import PROJECT_PROFILE, OutputProfile
 
 FieldKind = Literal["choice", "tags"]
 
@@ -69,6 +70,27 @@ def schema_fields(model: type[BaseModel] = FashionAttributes) -> tuple[FieldSpec
             fields.append(FieldSpec(name, "choice", _enum(enums[0], name), nullable=True))
         else:
             fields.append(FieldSpec(name, "choice", _enum(node, name)))
+    return tuple(fields)
+
+
+def profile_fields(
+    profile: OutputProfile, model: type[BaseModel] = FashionAttributes
+) -> tuple[FieldSpec, ...]:
+    """The fields a model with ``profile`` writes, in its order, tags in its tag order.
+
+    A sorted-order profile lists each tag vocabulary alphabetically, so the ordered-subset
+    rules accept exactly the sorted lists its model was trained on (and never force the
+    schema's order on it); derived fields are not in the text at all.
+    """
+    by_name = {spec.name: spec for spec in schema_fields(model)}
+    fields: list[FieldSpec] = []
+    for name in profile.fields:
+        spec = by_name[name]
+        if spec.kind == "tags":
+            spec = replace(spec, values=profile.tag_values(name))
+        elif name == "material" and not profile.material_nullable:
+            spec = replace(spec, nullable=False)
+        fields.append(spec)
     return tuple(fields)
 
 
@@ -134,7 +156,7 @@ def longest_output_bytes(fields: Sequence[FieldSpec]) -> int:
         if spec.kind == "choice":
             total += max([size(v) for v in spec.values] + ([4] if spec.nullable else []))
         else:
-            # Any subset can be written in schema order, so the longest list holds the
+            # Any subset can be written in the list's order, so the longest list holds the
             # longest values; it costs brackets plus one comma between elements.
             longest = sorted((size(v) for v in spec.values), reverse=True)[: spec.max_items]
             total += 2 + sum(longest) + max(len(longest) - 1, 0)
@@ -154,18 +176,25 @@ class SchemaGrammar:
     #: Every byte can be its own token, so the longest output costs one token per byte.
     max_output_tokens: int
     compile_ms: float
+    #: The text the grammar accepts is this profile's (parsing and confidence follow it).
+    profile: OutputProfile = PROJECT_PROFILE
 
 
 def compile_schema_grammar(
-    tokenizer: Any, vocab_size: int, *, model: type[BaseModel] = FashionAttributes
+    tokenizer: Any,
+    vocab_size: int,
+    *,
+    model: type[BaseModel] = FashionAttributes,
+    profile: OutputProfile = PROJECT_PROFILE,
 ) -> SchemaGrammar:
-    """Compile the schema grammar against ``tokenizer`` (a transformers tokenizer).
+    """Compile the grammar of ``profile``'s text against ``tokenizer`` (a transformers
+    tokenizer).
 
     ``vocab_size`` is the model's logit width, which may exceed the tokenizer's length
     (padded embedding tables); the extra ids are never allowed.
     """
     started = time.perf_counter()
-    fields = schema_fields(model)
+    fields = profile_fields(profile, model)
     ebnf = schema_ebnf(fields)
     info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
     compiled = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False).compile_grammar(ebnf)
@@ -180,4 +209,5 @@ def compile_schema_grammar(
         stop_token_ids=tuple(info.stop_token_ids),
         max_output_tokens=longest_output_bytes(fields),
         compile_ms=(time.perf_counter() - started) * 1000.0,
+        profile=profile,
     )

@@ -138,7 +138,7 @@ def test_trained_model_is_confident_where_it_is_right(trained_model_dir: Path) -
         assert fast.confidence is not None
         assert reference.confidence is not None
         assert fast.confidence.category > 0.9
-        assert min(fast.confidence.style_tags + fast.confidence.occasion_tags) > 0.9
+        assert min(fast.confidence.style_tags + (fast.confidence.occasion_tags or [])) > 0.9
         for name, value in fast.confidence.model_dump().items():
             np.testing.assert_allclose(value, getattr(reference.confidence, name), atol=1e-4)
 
