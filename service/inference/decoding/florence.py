@@ -40,9 +40,9 @@ def _cache_keyword(function: Any) -> str:
     5.17, ``cache`` in later releases (5.24 still maps the old name, with a deprecation
     warning, until 5.40).
 
-    Both the mask helper and the decoder layers must get the name they declare: the layers
-    also take ``**kwargs``, so a wrong name is swallowed there and the layer silently runs
-    without its cache, attending to the new block alone.
+    The decoder layers must get the name they declare: they also take ``**kwargs``, so a
+    wrong name is swallowed there and the layer silently runs without its cache, attending
+    to the new block alone.
     """
     parameters = inspect.signature(function).parameters  # follows the deprecation wrapper
     for name in ("cache", "past_key_values"):

@@ -30,6 +30,7 @@ after every copy queued from them, so one buffer of each kind suffices.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from service.inference.decoding.constrained import RowMatchers, masked_scores
-from service.inference.decoding.drafting import FRONTIER_TOKENS, Drafter
+from service.inference.decoding.drafting import FRONTIER_TOKENS, Drafter, StepMemo, StepPlan
 from service.inference.decoding.florence import Florence2Stepper
 from service.inference.decoding.grammar import SchemaGrammar
 from service.inference.decoding.staging import HostBuffer
@@ -61,23 +62,24 @@ class _Row:
     cached: int = 0  # valid KV entries, i.e. the slot and position of the next fed token
     passes: int = 0
     done: bool = False
+    path: int = StepMemo.ROOT  # the tokens so far, interned (see StepMemo)
 
 
 @dataclass(slots=True)
 class _Plan:
-    """One row's part of a step: its draft and the mask slots that verify it."""
+    """One row's part of a step: what it feeds, and the mask slots that verify it."""
 
     row: _Row
-    draft: list[int]
-    first: int  # mask/logit slot of the first verified position; len(draft) + 1 follow
-    ends: bool = False  # the draft ends with the (forced) stop token
+    fed: list[int]  # the draft without a forced stop token (that one is verified, not fed)
+    first: int  # mask/logit slot of the first verified position; len(fed) + 1 in all
+    step: StepPlan | None  # None until a memo miss is explored, after the block's launch
 
 
 class JumpForwardDecoder:
     """Batched constrained greedy decoding over Florence-2 with forced-run skipping.
 
-    One decoder serves one thread at a time (the engine's): it keeps its host buffers
-    and its draft memo across calls.
+    It keeps its host buffers and its draft memo across calls; a lock makes concurrent
+    calls (which the engine's one thread never makes) wait rather than share them.
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class JumpForwardDecoder:
         self._stepper = stepper
         self._grammar = grammar
         self._drafter = Drafter(tokenizer, list(grammar.tokenizer_info.decoded_vocab))
+        self._memo = StepMemo()
         self._start, self._bos, self._pad = start_id, bos_id, pad_id
         self._stop = grammar.stop_token_ids[0]
         self._max_new_tokens = max_new_tokens
@@ -104,10 +107,16 @@ class JumpForwardDecoder:
         self._inputs = HostBuffer(np.int64)
         self._masks = HostBuffer(np.int32)
         self._survivors = HostBuffer(np.int64)
+        self._lock = threading.Lock()
         self.last_steps = 0  # forward passes of the last decode() call, for benchmarks
 
-    @torch.inference_mode()
     def decode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
+    ) -> list[DecodedRow]:
+        with self._lock, torch.inference_mode():
+            return self._decode(input_ids, attention_mask, pixel_values)
+
+    def _decode(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
     ) -> list[DecodedRow]:
         device = input_ids.device
@@ -123,7 +132,9 @@ class JumpForwardDecoder:
             tokens, slots, offsets, gather, length = self._block(plans, device)
             hidden = self._stepper.decode(cache, encoder, tokens, slots, offsets, length)
             self.last_steps += 1
-            bitmask = self._verification_masks(matchers, plans, device)  # overlaps the block
+            # On CUDA the block is still running: the grammar work for memo misses overlaps it.
+            self._explore(matchers, [plan for plan in plans if plan.step is None])
+            bitmask = self._verification_masks(plans, device)
             logits = self._stepper.logits(hidden.flatten(0, 1).index_select(0, gather))
             choices, logprobs = masked_scores(logits, bitmask)
             # The step's one device-to-host transfer: choices are exact in float64.
@@ -140,19 +151,30 @@ class JumpForwardDecoder:
         return [DecodedRow(r.tokens, r.logprobs, r.passes) for r in rows]
 
     def _plan(self, matchers: RowMatchers, live: list[_Row]) -> list[_Plan]:
-        """Each row's draft, within its token budget, and its mask slots (row-major)."""
+        """Each row's draft (from its memoized step plan, else computed) and mask slots."""
+        steps = [self._memo.get(row.path) for row in live]
+        missing = [row for row, step in zip(live, steps, strict=True) if step is None]
+        drafts = iter(self._drafts(matchers, missing))
         plans: list[_Plan] = []
         first = 0
-        for row in live:
-            room = self._max_new_tokens - len(row.tokens) - 1  # leave room for the model's pick
+        for row, step in zip(live, steps, strict=True):
+            fed = next(drafts) if step is None else step.fed
+            plans.append(_Plan(row, fed, first, step))
+            first += len(fed) + 1
+        return plans
+
+    def _drafts(self, matchers: RowMatchers, rows: list[_Row]) -> list[list[int]]:
+        """Each row's draft within its token budget, leaving room for the model's pick."""
+        drafts: list[list[int]] = []
+        for row in rows:
+            room = self._max_new_tokens - len(row.tokens) - 1
             forced = matchers.matchers[row.index].find_jump_forward_string() if room > 0 else ""
             draft: list[int] = []
             if forced:
                 frontier = tuple(row.tokens[max(1, len(row.tokens) - FRONTIER_TOKENS) :])
                 draft = list(self._drafter.draft(frontier, str(forced))[:room])
-            plans.append(_Plan(row, draft, first))
-            first += len(draft) + 1
-        return plans
+            drafts.append(draft)
+        return drafts
 
     def _block(
         self, plans: list[_Plan], device: torch.device
@@ -164,9 +186,9 @@ class JumpForwardDecoder:
         position in mask-slot order; and how many cache entries the block reaches.
         """
         batch = len(plans)
-        blocks = [p.row.pending + p.draft for p in plans]  # drafts hold no stop token yet
+        blocks = [p.row.pending + p.fed for p in plans]
         width = max(len(b) for b in blocks)
-        checks = sum(len(p.draft) + 1 for p in plans)
+        checks = sum(len(p.fed) + 1 for p in plans)
         size = 2 * batch * width + batch + checks
         host = self._inputs.take(size, device)
         tokens = host[: batch * width].reshape(batch, width)
@@ -182,9 +204,8 @@ class JumpForwardDecoder:
             slots[index, :fed] = np.arange(cached, cached + fed)
             offsets[index] = cached
             head = index * width + len(plan.row.pending) - 1  # predicts draft[0]
-            gather[plan.first : plan.first + len(plan.draft) + 1] = np.arange(
-                head, head + len(plan.draft) + 1
-            )
+            verified = len(plan.fed) + 1
+            gather[plan.first : plan.first + verified] = np.arange(head, head + verified)
             length = max(length, cached + fed)
         moved = self._inputs.upload(size, device)
         return (
@@ -195,37 +216,46 @@ class JumpForwardDecoder:
             length,
         )
 
-    def _verification_masks(
-        self, matchers: RowMatchers, plans: list[_Plan], device: torch.device
-    ) -> torch.Tensor:
-        """Fill one mask per verified position (batched across rows, depth by depth) and
-        copy them to the device without blocking.
-
-        Each matcher walks its draft while its masks are filled; :meth:`_commit` rolls
-        back what the model rejects. A draft whose end completes the grammar gets the stop
-        token appended, as the mask there allows nothing else.
-        """
-        total = sum(len(p.draft) + 1 for p in plans)
-        words = self._stop_only.shape[0]
-        host = self._masks.take(total * words, device).reshape(total, words)
-        bitmask = torch.from_numpy(host)
-        walking = list(plans)
+    def _explore(self, matchers: RowMatchers, plans: list[_Plan]) -> None:
+        """Compute and memoize the step plans of memo misses: one mask per verified
+        position, filled by xgrammar batched across rows, depth by depth, while each
+        matcher walks its draft (rolled back after). A draft whose end completes the
+        grammar gets the stop token appended, as its mask allows nothing else."""
+        if not plans:
+            return
+        firsts = np.cumsum([0] + [len(p.fed) + 1 for p in plans])
+        scratch = np.empty((int(firsts[-1]), self._stop_only.shape[0]), dtype=np.int32)
+        bitmask = torch.from_numpy(scratch)
+        walking = list(range(len(plans)))
         depth = 0
         while walking:
-            matchers.fill([p.row.index for p in walking], [p.first + depth for p in walking],
-                          bitmask)  # fmt: skip
-            advancing = [p for p in walking if depth < len(p.draft)]
-            matchers.accept([p.row.index for p in advancing], [p.draft[depth] for p in advancing])
-            walking = advancing
+            matchers.fill([plans[w].row.index for w in walking],
+                          [int(firsts[w]) + depth for w in walking], bitmask)  # fmt: skip
+            walking = [w for w in walking if depth < len(plans[w].fed)]
+            matchers.accept([plans[w].row.index for w in walking],
+                            [plans[w].fed[depth] for w in walking])  # fmt: skip
             depth += 1
+        for w, plan in enumerate(plans):
+            row, draft = plan.row, plan.fed
+            matcher = matchers.matchers[row.index]
+            masks = scratch[firsts[w] : firsts[w + 1]].copy()
+            room = self._max_new_tokens - len(row.tokens) - len(draft)
+            ends = (
+                room > 0 and matcher.is_completed() and np.array_equal(masks[-1], self._stop_only)
+            )
+            matcher.rollback(len(draft))
+            plan.step = StepPlan((*draft, self._stop) if ends else tuple(draft), masks, ends)
+            self._memo.put(row.path, plan.step)
+
+    def _verification_masks(self, plans: list[_Plan], device: torch.device) -> torch.Tensor:
+        """The step's masks, copied from the plans into one host buffer and to the device
+        without blocking."""
+        total = sum(len(p.fed) + 1 for p in plans)
+        words = self._stop_only.shape[0]
+        host = self._masks.take(total * words, device).reshape(total, words)
         for plan in plans:
-            room = self._max_new_tokens - len(plan.row.tokens) - len(plan.draft)
-            matcher = matchers.matchers[plan.row.index]
-            last = host[plan.first + len(plan.draft)]
-            if room > 0 and matcher.is_completed() and np.array_equal(last, self._stop_only):
-                matchers.accept([plan.row.index], [self._stop])
-                plan.draft.append(self._stop)
-                plan.ends = True
+            assert plan.step is not None  # every miss was explored
+            host[plan.first : plan.first + len(plan.fed) + 1] = plan.step.masks
         return self._masks.upload(total * words, device).view(total, words)
 
     def _commit(
@@ -235,26 +265,34 @@ class JumpForwardDecoder:
         choices: list[float],
         logprobs: list[float],
     ) -> None:
-        """Accept each draft up to its first mismatch, take the model's pick there."""
-        picks: list[tuple[int, int]] = []
+        """Accept each draft up to its first mismatch, take the model's pick there, and
+        advance each live row's matcher and path by what it appended."""
+        advancing: list[tuple[int, list[int]]] = []
         for plan in plans:
-            row, draft, base = plan.row, plan.draft, plan.first
+            assert plan.step is not None
+            row, draft, base = plan.row, plan.step.draft, plan.first
             accepted = 0
             while accepted < len(draft) and choices[base + accepted] == draft[accepted]:
                 accepted += 1
             row.passes += 1
-            fed = accepted - 1 if plan.ends and accepted == len(draft) else accepted
+            finished = plan.step.ends and accepted == len(draft)
+            fed = accepted - 1 if finished else accepted
             row.cached += len(row.pending) + fed  # the stop token is verified, never fed
-            row.tokens.extend(draft[:accepted])
+            appended = list(draft[:accepted])
             row.logprobs.extend(logprobs[base : base + accepted])
-            matchers.matchers[row.index].rollback(len(draft) - accepted)
-            if plan.ends and accepted == len(draft):
-                row.done = True
-                continue
-            pick = int(choices[base + accepted])
-            row.tokens.append(pick)
-            row.logprobs.append(logprobs[base + accepted])
-            row.pending = [pick]
-            picks.append((row.index, pick))
-            row.done = pick == self._stop or len(row.tokens) >= self._max_new_tokens
-        matchers.accept([r for r, _ in picks], [t for _, t in picks])
+            if not finished:
+                pick = int(choices[base + accepted])
+                appended.append(pick)
+                row.logprobs.append(logprobs[base + accepted])
+                row.pending = [pick]
+            row.tokens.extend(appended)
+            row.done = finished or appended[-1] == self._stop
+            row.done = row.done or len(row.tokens) >= self._max_new_tokens
+            if not row.done:
+                row.path = self._memo.child(row.path, tuple(appended))
+                advancing.append((row.index, appended))
+        depth = 0
+        while advancing:  # batched across rows, one token depth at a time
+            matchers.accept([r for r, _ in advancing], [t[depth] for _, t in advancing])
+            depth += 1
+            advancing = [(r, t) for r, t in advancing if depth < len(t)]

@@ -16,7 +16,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from model_store.loading import LoadedModel
-from service.inference.decoding.constrained import apply_bitmask
+from service.inference.decoding.constrained import GrammarLogitsProcessor, apply_bitmask
 from service.inference.decoding.florence import EncoderState, Florence2Stepper
 from service.inference.decoding.jump_forward import JumpForwardDecoder
 from service.inference.decoding.kv_slots import SlotCache
@@ -42,15 +42,33 @@ def decoder_for(case: Case, stepper: Any = None) -> JumpForwardDecoder:
     )  # fmt: skip
 
 
+def constrained_generate(case: Case, index: slice) -> tuple[list[list[int]], list[list[float]]]:
+    """Tokens and log-probabilities of constrained ``generate`` in one call (the batch-8
+    oracle checks this processor against xgrammar's own)."""
+    ids, mask, pixels = case.rows(index)
+    processor = GrammarLogitsProcessor(case.grammar, len(ids), torch.device("cpu"))
+    with torch.inference_mode():
+        sequences = case.model.generate(
+            input_ids=ids, attention_mask=mask, pixel_values=pixels,
+            decoder_input_ids=torch.tensor([[2, 0]]).expand(len(ids), -1),
+            num_beams=1, do_sample=False, no_repeat_ngram_size=0,
+            max_new_tokens=MAX_NEW_TOKENS - 1, forced_eos_token_id=None,
+            logits_processor=[processor],
+        )  # fmt: skip
+    processor.finish(sequences)
+    rows = [row[1:] for row in sequences.tolist()]
+    return [row[: row.index(2) + 1] if 2 in row else row for row in rows], processor.logprobs
+
+
 @pytest.mark.slow
 def test_batch_of_64_matches_constrained_generate(case_64: Case) -> None:
     everything = slice(0, 64)
-    expected = case_64.reference(everything)
+    expected, logprobs = constrained_generate(case_64, everything)
     got = decoder_for(case_64).decode(*case_64.rows(everything))
     assert len({len(r) for r in expected}) >= 3, "rows must finish at different steps"
     assert [row.tokens for row in got] == expected
-    for row, reference in zip(got, case_64.constrained_logprobs(everything), strict=True):
-        np.testing.assert_allclose(row.logprobs, reference, rtol=0, atol=1e-6)
+    for row, reference in zip(got, logprobs, strict=True):
+        np.testing.assert_allclose(row.logprobs, reference[: len(row.tokens) - 1], atol=1e-6)
 
 
 class HostReadCounter(TorchFunctionMode):
@@ -91,10 +109,11 @@ class EncoderUncounted:
 def test_at_most_one_host_read_per_step(case_64: Case) -> None:
     counter = HostReadCounter()
     decoder = decoder_for(case_64, EncoderUncounted(Florence2Stepper(case_64.model), counter))
-    inputs = case_64.rows(slice(0, 16))
-    decoder.decode(*inputs)  # warm: host buffers are allocated once per decoder
-    with counter:
-        rows = decoder.decode(*inputs)
+    decoder.decode(*case_64.rows(slice(0, 16)))  # host buffers are allocated once per decoder
+    misses = decoder._memo.misses
+    with counter:  # other images: step plans are mostly computed, not found in the memo
+        rows = decoder.decode(*case_64.rows(slice(16, 32)))
+    assert decoder._memo.misses > misses + 16
     assert decoder.last_steps > 5
     assert len({len(r.tokens) for r in rows}) >= 2  # rows left the batch on the way
     assert len(counter.reads) <= decoder.last_steps, counter.reads
@@ -117,10 +136,12 @@ def test_drafts_come_from_the_frontier_and_the_memo(case_64: Case) -> None:
     longest_text = max(len(b"".join(vocab[t] for t in r.tokens[1:-1])) for r in first)
     assert lengths
     assert max(lengths) < 60 < longest_text  # never the whole prefix
-    calls = len(lengths)
+    calls, misses = len(lengths), decoder._memo.misses
     again = decoder.decode(*inputs)
     assert [r.tokens for r in again] == [r.tokens for r in first]
-    assert len(lengths) == calls  # the same rows again: every draft from the memo
+    # The same rows again: every step plan from the memo, no tokenizer or grammar work.
+    assert len(lengths) == calls
+    assert decoder._memo.misses == misses
 
 
 def test_slot_cache_overwrites_rejected_entries_and_sinks_padding() -> None:
