@@ -12,16 +12,19 @@ text differently than the tokenizer would.
 
 One step, in order, and what overlaps (on CUDA, where kernel launches return at once):
 
-1. host: each row's forced string from its matcher, its draft (memoized), the mask-slot
-   layout; the block's inputs written into one pinned host buffer;
+1. host: each row's step plan from the memo, by its token path (:class:`.StepMemo`); for
+   a miss, its forced string and draft; the block's inputs written into one pinned
+   host buffer;
 2. one non-blocking host-to-device copy of that buffer; the decoder block is queued;
-3. host, **while the device runs the block**: xgrammar fills the verification masks (one
-   per draft position, batched across rows), walking each matcher through its draft;
+3. host, **while the device runs the block**: for memo misses, xgrammar fills the
+   verification masks (one per draft position, batched across rows), walking each
+   matcher through its draft and back; every row's masks go into one pinned buffer;
 4. one non-blocking copy of the masks; LM head on the verified positions, mask, argmax
    and log-probabilities queued;
 5. **the step's one device-to-host transfer**: every verified position's choice and
    log-probability in one tensor. The host then commits (accepts up to the first
-   mismatch, rolls the matchers back) and drops finished rows.
+   mismatch), advances each matcher and path by what the row appended, and drops
+   finished rows (one more non-blocking copy: the survivors' index).
 
 Step ``t + 1``'s masks cannot be filled during step ``t``: they depend on the tokens step
 ``t`` chooses. Pinned buffers are rewritten only after the step's transfer, which orders
