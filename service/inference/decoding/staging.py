@@ -18,17 +18,22 @@ class HostBuffer:
     """One growable host buffer of ``dtype``, written through numpy, uploaded by torch."""
 
     def __init__(self, dtype: type[np.generic]) -> None:
-        self._dtype = torch.from_numpy(np.zeros(0, dtype)).dtype
-        self._tensor = torch.empty(0, dtype=self._dtype)
-        self._array: np.ndarray = self._tensor.numpy()
+        self._array: np.ndarray = np.zeros(0, dtype)
+        self._tensor = torch.from_numpy(self._array)
+        self._pinned = False
 
     def take(self, size: int, device: torch.device) -> np.ndarray:
         """The first ``size`` elements, to be written on the host (contents undefined)."""
         pin = device.type == "cuda"
-        if size > self._tensor.numel() or (pin and not self._tensor.is_pinned()):
-            capacity = max(size, 2 * self._tensor.numel(), 1024)
-            self._tensor = torch.empty(capacity, dtype=self._dtype, pin_memory=pin)
-            self._array = self._tensor.numpy()
+        if size > self._array.size or pin != self._pinned:
+            capacity = max(size, 2 * self._array.size, 1024)
+            if pin:
+                self._tensor = torch.empty(capacity, dtype=self._tensor.dtype, pin_memory=True)
+                self._array = self._tensor.numpy()
+            else:  # plain host memory: numpy's own, shared with torch
+                self._array = np.empty(capacity, self._array.dtype)
+                self._tensor = torch.from_numpy(self._array)
+            self._pinned = pin
         return self._array[:size]
 
     def upload(self, size: int, device: torch.device) -> torch.Tensor:
