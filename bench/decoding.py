@@ -70,14 +70,6 @@ def random_targets(count: int, seed: int = 0) -> list[FashionAttributes]:
     ]
 
 
-class _ScriptedCache:
-    def __init__(self, owner: ScriptedModel) -> None:
-        self._owner = owner
-
-    def batch_select_indices(self, index: torch.Tensor) -> None:
-        self._owner.select(index.tolist())
-
-
 class ScriptedModel:
     """Stands in for Florence2Stepper: a model whose greedy choice after any prefix of a
     row's canonical target is that target's next token (a perfectly trained model)."""
@@ -89,7 +81,7 @@ class ScriptedModel:
         self._vocab_size = vocab_size
         self._eos = eos
         self._targets: list[list[int]] = []
-        self._fed: list[list[int]] = []  # every token fed per row, hidden ones included
+        self._fed: list[list[int]] = []  # per row, the entries of its cache slots
 
     def encode(self, input_ids: torch.Tensor, *_: Any) -> EncoderState:
         self._targets = list(self._all)
@@ -97,27 +89,30 @@ class ScriptedModel:
         batch = input_ids.shape[0]
         return EncoderState(torch.zeros(batch, 1, 1), torch.ones(batch, 1, dtype=torch.long))
 
-    def new_cache(self) -> _ScriptedCache:
-        return _ScriptedCache(self)
+    def new_cache(self, batch: int, capacity: int) -> None:
+        return None
 
-    def select(self, rows: list[int]) -> None:
+    def keep_rows(self, cache: Any, encoder: EncoderState, index: torch.Tensor) -> EncoderState:
+        rows = index.tolist()
         self._targets = [self._targets[r] for r in rows]
         self._fed = [self._fed[r] for r in rows]
+        return encoder.select(index)
 
     def decode(
-        self, cache: Any, encoder: Any, tokens: torch.Tensor, positions: Any, key_mask: torch.Tensor
-    ) -> torch.Tensor:
+        self, cache: Any, encoder: Any, tokens: torch.Tensor, slots: torch.Tensor,
+        offsets: torch.Tensor, length: int,
+    ) -> torch.Tensor:  # fmt: skip
         picks = torch.full((*tokens.shape, 1), float(self._eos))
-        for row, (block, target) in enumerate(zip(tokens.tolist(), self._targets, strict=True)):
-            fed = self._fed[row]
-            visible = key_mask[row].tolist()
-            history = [t for t, seen in zip(fed, visible, strict=False) if seen]
-            width = len(block)
-            for offset, token in enumerate(block):
+        rows = zip(tokens.tolist(), slots.tolist(), offsets.tolist(), self._targets, strict=True)
+        for row, (block, places, offset, target) in enumerate(rows):
+            history = self._fed[row][:offset]  # entries past the offset were rejected
+            for position, (token, slot) in enumerate(zip(block, places, strict=True)):
+                if slot != offset + position:  # padding, written to the sink
+                    break
                 history.append(token)
-                fed.append(token)
-                if visible[len(visible) - width + offset] and history == target[: len(history)]:
-                    picks[row, offset, 0] = float(target[min(len(history), len(target) - 1)])
+                if history == target[: len(history)]:
+                    picks[row, position, 0] = float(target[min(len(history), len(target) - 1)])
+            self._fed[row] = history
         return picks
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -191,16 +186,14 @@ def decoder_step_ms(model_dir: Path, batch: int) -> float:
         encoder = stepper.encode(
             ids, torch.ones_like(ids), prompt["pixel_values"].expand(batch, -1, -1, -1)
         )
-        cache = stepper.new_cache()
-        mask = torch.ones((batch, 0), dtype=torch.long)
+        cache = stepper.new_cache(batch, 64)
         timings = []
+        tokens = torch.full((batch, 1), 5, dtype=torch.long)
         for position in range(40):
-            tokens = torch.full((batch, 1), 5, dtype=torch.long)
-            mask = torch.cat([mask, torch.ones((batch, 1), dtype=torch.long)], dim=1)
+            slots = torch.full((batch, 1), position, dtype=torch.long)
             started = time.perf_counter()
-            stepper.logits(
-                stepper.decode(cache, encoder, tokens, tokens * 0 + position, mask)[:, -1]
-            )
+            hidden = stepper.decode(cache, encoder, tokens, slots, slots[:, 0], position + 1)
+            stepper.logits(hidden[:, -1])
             timings.append(time.perf_counter() - started)
     return statistics.median(timings[10:]) * 1000.0
 

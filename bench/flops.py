@@ -136,16 +136,17 @@ def profile_model(
     stepper = Florence2Stepper(model)
     vision, _ = _counted(lambda: model.model.get_image_features(pixels))
     encode_total, encoder = _counted(lambda: stepper.encode(ids, mask, pixels))
-    cache = stepper.new_cache()
-    key_mask = torch.ones((1, 0), dtype=torch.long, device=ids.device)
     costs: list[int] = []
     counted = steps if counted_steps is None else min(steps, max(counted_steps, 3))
+    cache = stepper.new_cache(1, counted + 2)
     for position in range(counted):
         token = torch.full((1, 1), 5, dtype=torch.long, device=ids.device)
-        key_mask = torch.cat([key_mask, torch.ones_like(token)], dim=1)
         where = torch.full_like(token, position)
         cost, _ = _counted(
-            lambda: stepper.logits(stepper.decode(cache, encoder, token, where, key_mask)[:, -1])  # noqa: B023 - called at once
+            # Called at once, so the loop variables are the current ones.
+            lambda: stepper.logits(
+                stepper.decode(cache, encoder, token, where, where[:, 0], position + 1)[:, -1]  # noqa: B023
+            )
         )
         costs.append(cost)
     if counted < steps:

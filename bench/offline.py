@@ -1,7 +1,7 @@
 """Offline engine throughput against batch size, per decoding mode.
 
     python -m bench.offline [--model-dir DIR] [--batch-sizes 1,2,4,8,16,32,64]
-        [--modes plain,constrained,jump-forward] [--out JSON]
+        [--modes plain,constrained,jump-forward] [--host-repeats N] [--out JSON]
 
 Without ``--model-dir`` the demo model is built and fine-tuned on the colour classes first,
 as ``bench.run`` does. Every image is preprocessed once before any timing (preprocessing
@@ -11,6 +11,11 @@ round-robin from that pool until it has ``images_per_point`` images or has spent
 
 Only ``preprocess`` and ``run_batch`` are used, so what ``preprocess`` returns (a host
 array, or a device tensor on CUDA) goes back to the engine untouched.
+
+On CPU the run ends with two lines from the same run: ``host ms/step @32: <ms>``
+(:mod:`bench.host_step`, the jump-forward loop's host time per decoder step at batch 32,
+the model excluded) and ``jump-forward/plain, worst batch: <ratio>`` (the smallest ratio
+of the two modes' images/s over the batch sizes measured).
 """
 
 from __future__ import annotations
@@ -31,9 +36,11 @@ from typing import Any, Final
 import torch
 from PIL import Image
 
+from bench.host_step import host_rows
+from bench.host_step import markdown as host_markdown
 from bench.load import payloads as synthetic_payloads
 from bench.models import prepare_model
-from bench.sweep_table import img_s_at, knee, markdown_table
+from bench.sweep_table import img_s_at, knee, markdown_table, worst_ratio
 from model_store.loading import LoadedModel
 from service.backend import DeviceFatalError, DeviceOutOfMemoryError, PreparedImage
 from service.inference.decoding.decoders import Decoded, Decoder, DecodingMode
@@ -48,7 +55,7 @@ CONSTRAINED_MAX_NEW_TOKENS: Final = 256
 Row = dict[str, Any]
 
 #: Callers read the sweep's rows through this module too (moved to keep it short).
-__all__ = ["img_s_at", "knee", "markdown_table"]
+__all__ = ["img_s_at", "knee", "markdown_table", "worst_ratio"]
 
 
 class PassCounter:
@@ -352,6 +359,10 @@ def _parse_args() -> argparse.Namespace:
         help="torch intra-op threads; 1 on a host shared with other work, where a preempted "
         "intra-op thread stalls every multi-threaded op (figures swing 100x otherwise)",
     )  # fmt: skip
+    parser.add_argument(
+        "--host-repeats", type=int, default=5,
+        help="decodes per batch size for host ms/step (CPU only; 0 skips it)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON")
     return parser.parse_args()
 
@@ -373,15 +384,26 @@ def main() -> int:
             sweep_budget_s=args.sweep_budget_s, max_new_tokens=args.max_new_tokens,
         )  # fmt: skip
         elapsed = time.perf_counter() - started
+        host = host_rows(args.model_dir, sorted({*sizes, 32}), args.host_repeats)
     print(f"machine: {machine_line()}; sweep {elapsed:.1f} s\n")
     print(markdown_table(rows))
     knees = knee(rows)
     print("\nknee (smallest batch at >= 90% of the mode's best img/s): " + json.dumps(knees))
+    ratio = worst_ratio(rows, DecodingMode.JUMP_FORWARD, DecodingMode.PLAIN)
+    if host:
+        print("\njump-forward host time per decoder step (model excluded):\n")
+        print(host_markdown(host))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        report = {"machine": machine_line(), "sweep_s": elapsed, "knee": knees, "rows": rows}
+        report = {
+            "machine": machine_line(), "sweep_s": elapsed, "knee": knees, "rows": rows,
+            "host_ms_per_step": host, "jump_forward_over_plain_worst": ratio,
+        }  # fmt: skip
         args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.out}")
+    at_32 = next((r["host_ms_per_step"] for r in host if r["batch_size"] == 32), None)
+    print(f"host ms/step @32: {'-' if at_32 is None else f'{at_32:.3f}'}")
+    print(f"jump-forward/plain, worst batch: {'-' if ratio is None else f'{ratio:.3f}'}")
     return 0
 
 

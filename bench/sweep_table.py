@@ -20,6 +20,16 @@ def img_s_at(rows: Sequence[Row], mode: DecodingMode, batch_size: int | None) ->
     return None
 
 
+def worst_ratio(rows: Sequence[Row], top: DecodingMode, bottom: DecodingMode) -> float | None:
+    """The smallest ``top``/``bottom`` images/s ratio over the batch sizes both measured."""
+    ratios = []
+    for size in sorted({int(r["batch_size"]) for r in rows}):
+        high, low = img_s_at(rows, top, size), img_s_at(rows, bottom, size)
+        if high is not None and low is not None:
+            ratios.append(high / low)
+    return min(ratios) if ratios else None
+
+
 def knee(rows: Sequence[Row], fraction: float = KNEE_FRACTION) -> dict[str, int]:
     """Per mode, the smallest batch size reaching ``fraction`` of the mode's best img/s:
     larger batches buy little throughput and cost latency and memory."""

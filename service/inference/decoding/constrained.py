@@ -21,17 +21,33 @@ class GrammarRejectedError(RuntimeError):
     """A row produced a token its grammar does not allow (non-finite logits, a bug)."""
 
 
+_CLEARED_BITS: dict[torch.device, torch.Tensor] = {}
+
+
+def _cleared_bits(device: torch.device) -> torch.Tensor:
+    """(256, 8) bool: which bits of each byte value are 0, least significant first."""
+    table = _CLEARED_BITS.get(device)
+    if table is None:
+        values = torch.arange(256, dtype=torch.int32)
+        bits = (values.unsqueeze(1) >> torch.arange(8, dtype=torch.int32)) & 1
+        table = _CLEARED_BITS[device] = (bits == 0).to(device)
+    return table
+
+
 def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
     """Set disallowed logits to -inf in place; ``bitmask`` must be on the logits' device.
 
-    Pure torch broadcasting rather than xgrammar's kernels: on CPU it measured ~5x faster
-    than xgrammar's CPU kernel at batch 16 with a BART-size vocabulary, and it runs on any
-    device without the JIT compiler xgrammar's Triton kernel needs at first use.
+    The packed mask is unpacked a byte at a time through a 256-entry table, straight into
+    one bool per token: 1.5 bytes per token of transient memory (the int32 byte indices,
+    then the bools), where shifting every word by 0..31 took 5 (an int32 per bit, then a
+    comparison). Pure torch, so it runs on any device without xgrammar's JIT-compiled
+    kernels; xgrammar's CPU kernel measured slower than this on the 2-core host (see
+    docs/BENCHMARKS.md).
     """
     rows, vocab = logits.shape
-    shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)
-    bits = (bitmask[:rows].unsqueeze(-1) >> shifts) & 1  # (rows, words, 32), little-endian
-    logits.masked_fill_(bits.view(rows, -1)[:, :vocab] == 0, float("-inf"))
+    packed = bitmask[:rows].contiguous().view(torch.uint8)  # little-endian words
+    blocked = _cleared_bits(logits.device).index_select(0, packed.reshape(-1).int())
+    logits.masked_fill_(blocked.view(rows, -1)[:, :vocab], float("-inf"))
 
 
 def masked_scores(logits: torch.Tensor, bitmask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,7 +68,8 @@ class RowMatchers:
         self.matchers = [xgr.GrammarMatcher(grammar.compiled) for _ in range(rows)]
         self._batch = xgr.BatchGrammarMatcher(max_threads="auto")
         self._device = device
-        self._bitmask = self._allocate(rows)
+        self._rows = rows
+        self._bitmask: torch.Tensor | None = None  # allocated on first use (generate's path)
 
     def _allocate(self, rows: int) -> torch.Tensor:
         bitmask = xgr.allocate_token_bitmask(max(rows, 1), self.grammar.vocab_size)
@@ -61,8 +78,9 @@ class RowMatchers:
 
     def bitmask(self, rows: int) -> torch.Tensor:
         """The first ``rows`` rows of the host bitmask, grown if needed."""
-        if rows > self._bitmask.shape[0]:
-            self._bitmask = self._allocate(max(rows, 2 * self._bitmask.shape[0]))
+        if self._bitmask is None or rows > self._bitmask.shape[0]:
+            held = 0 if self._bitmask is None else self._bitmask.shape[0]
+            self._bitmask = self._allocate(max(rows, 2 * held, self._rows))
         return self._bitmask[:rows]
 
     def fill(self, rows: Sequence[int], slots: Sequence[int], bitmask: torch.Tensor) -> None:

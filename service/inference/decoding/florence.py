@@ -2,10 +2,18 @@
 
 ``generate`` moves every row of a batch by one token per forward pass, at the same
 position. The jump-forward loop needs more: each row appends a block of its own length
-at its own positions, and some cached entries (padding, rejected drafts) must be hidden
-from later queries. This module is that decoder call, built from the model's own
-modules and transformers' mask helpers so it computes what ``BartDecoder.forward`` does,
-except that positions come per row and the key mask may have holes.
+at its own positions. This module is that decoder call, built from the model's own
+modules so it computes what ``BartDecoder.forward`` does, except that each row has its own
+offset: row ``b``'s block starts at entry ``offsets[b]`` of a :class:`SlotCache`, which holds
+that row's valid entries compactly, so the self-attention mask is "key ``k`` is visible to
+block position ``j`` iff ``k <= offsets[b] + j``", built on the device from ``offsets``
+alone. The cross-attention mask depends only on the encoder's padding: it is built once
+per batch, when the encoder runs.
+
+Masks are built here rather than by transformers' helpers, because those read the masks
+back to the host to decide whether a mask can be skipped (``padding_mask.all()``), a
+device sync per call. The attention implementations supported are those whose mask is a
+plain 4-D tensor: ``sdpa`` (boolean, True = attend) and ``eager`` (additive).
 """
 
 from __future__ import annotations
@@ -16,7 +24,11 @@ from typing import Any
 
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+
+from service.inference.decoding.kv_slots import SlotCache
+
+#: Attention implementations whose mask is a 4-D tensor this module can build itself.
+SUPPORTED_ATTENTION = frozenset({"sdpa", "eager"})
 
 
 class UnsupportedModelError(TypeError):
@@ -28,9 +40,9 @@ def _cache_keyword(function: Any) -> str:
     5.17, ``cache`` in later releases (5.24 still maps the old name, with a deprecation
     warning, until 5.40).
 
-    Both the mask helper and the decoder layers must get the name they declare: the layers
-    also take ``**kwargs``, so a wrong name is swallowed there and the layer silently runs
-    without its cache, attending to the new block alone.
+    The decoder layers must get the name they declare: they also take ``**kwargs``, so a
+    wrong name is swallowed there and the layer silently runs without its cache, attending
+    to the new block alone.
     """
     parameters = inspect.signature(function).parameters  # follows the deprecation wrapper
     for name in ("cache", "past_key_values"):
@@ -39,16 +51,26 @@ def _cache_keyword(function: Any) -> str:
     raise UnsupportedModelError(f"{getattr(function, '__qualname__', function)} takes no KV cache")
 
 
-_MASK_CACHE = _cache_keyword(create_causal_mask)
-
-
 @dataclass(slots=True)
 class EncoderState:
     hidden: torch.Tensor  # (B, S, D)
     mask: torch.Tensor  # (B, S)
+    #: The cross-attention mask, (B, 1, 1, S): built once per batch, broadcast over queries.
+    cross_mask: torch.Tensor | None = None
 
     def select(self, index: torch.Tensor) -> EncoderState:
-        return EncoderState(self.hidden.index_select(0, index), self.mask.index_select(0, index))
+        cross = None if self.cross_mask is None else self.cross_mask.index_select(0, index)
+        return EncoderState(
+            self.hidden.index_select(0, index), self.mask.index_select(0, index), cross
+        )
+
+
+def _as_attention_mask(allowed: torch.Tensor, implementation: str, dtype: torch.dtype) -> Any:
+    """A boolean "may attend" mask in the form ``implementation`` takes."""
+    if implementation == "sdpa":
+        return allowed
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return bias.masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
 class Florence2Stepper:
@@ -69,6 +91,11 @@ class Florence2Stepper:
                 f"jump-forward decoding needs Florence-2's BART decoder: {exc}"
             ) from exc
         self._config = self._decoder.config
+        self._attention = str(getattr(self._config, "_attn_implementation", None) or "eager")
+        if self._attention not in SUPPORTED_ATTENTION:
+            raise UnsupportedModelError(
+                f"jump-forward decoding builds sdpa or eager masks, not {self._attention!r}"
+            )
         self._layer_cache = (
             _cache_keyword(type(self._layers[0]).forward) if self._layers else "cache"
         )
@@ -93,51 +120,63 @@ class Florence2Stepper:
         embeds = embeds.masked_scatter(placeholders, features)
         encoder = self._core.language_model.encoder
         hidden = encoder(attention_mask=attention_mask, inputs_embeds=embeds).last_hidden_state
-        return EncoderState(hidden, attention_mask)
-
-    def new_cache(self) -> EncoderDecoderCache:
-        return EncoderDecoderCache(
-            DynamicCache(config=self._config), DynamicCache(config=self._config)
+        cross = attention_mask[:, None, None, :].bool()
+        return EncoderState(
+            hidden, attention_mask, _as_attention_mask(cross, self._attention, hidden.dtype)
         )
+
+    def new_cache(self, batch: int, capacity: int) -> EncoderDecoderCache:
+        """Self-attention: ``capacity`` preallocated entries per row (:class:`SlotCache`);
+        cross-attention: the encoder's keys and values, computed at the first step."""
+        return EncoderDecoderCache(SlotCache(batch, capacity), DynamicCache(config=self._config))
+
+    @staticmethod
+    def keep_rows(
+        cache: EncoderDecoderCache, encoder: EncoderState, index: torch.Tensor
+    ) -> EncoderState:
+        """Drop every row but ``index`` (on the device) from the cache and the encoder."""
+        # EncoderDecoderCache.batch_select_indices accepts only dynamic caches.
+        cache.self_attention_cache.batch_select_indices(index)
+        cache.cross_attention_cache.batch_select_indices(index)
+        return encoder.select(index)
 
     def decode(
         self,
         cache: EncoderDecoderCache,
         encoder: EncoderState,
         tokens: torch.Tensor,
-        positions: torch.Tensor,
-        key_mask: torch.Tensor,
+        slots: torch.Tensor,
+        offsets: torch.Tensor,
+        length: int,
     ) -> torch.Tensor:
-        """Append ``tokens`` (B, W) at ``positions`` (B, W); returns hidden states (B, W, D).
+        """Feed ``tokens`` (B, W); returns hidden states (B, W, D).
 
-        ``key_mask`` (B, cached + W) is 1 where a cached or new entry may be attended to;
-        causality within the block comes from the cache layout, as in ``generate``.
+        Row ``b``'s valid entries are ``tokens[b, :n]``, written at cache slots and
+        positions ``offsets[b] + j``; ``slots`` (B, W) holds those slots and the cache's
+        sink for padding. ``length`` is the number of cache entries any valid query can
+        see (``max(offsets[b] + n_b)``). All tensors on the model's device.
         """
+        self_cache = cache.self_attention_cache
+        if not isinstance(self_cache, SlotCache):
+            raise TypeError("decode() needs the cache new_cache() built")
+        self_cache.place(slots, length)
         embeds = self._decoder.embed_tokens(tokens)
-        # Entries that are masked out may carry any position; clamp so they stay in range.
-        positions = positions.clamp(max=self._max_positions - 1) + self._offset
+        # Padding goes to the sink slot, which may lie past the last position; clamp it.
+        positions = slots.clamp(max=self._max_positions - 1) + self._offset
         position_embeds = torch.nn.functional.embedding(
             positions, self._decoder.embed_positions.weight
         )
         hidden = self._layernorm(embeds + position_embeds.to(embeds.device))
-        self_mask = create_causal_mask(
-            config=self._config,
-            inputs_embeds=embeds,
-            attention_mask=key_mask,
-            **{_MASK_CACHE: cache.self_attention_cache},
-        )
-        cross_mask = create_bidirectional_mask(
-            config=self._config,
-            inputs_embeds=embeds,
-            attention_mask=encoder.mask,
-            encoder_hidden_states=encoder.hidden,
-        )
+        keys = torch.arange(length, device=tokens.device)
+        queries = offsets[:, None] + torch.arange(tokens.shape[1], device=tokens.device)
+        allowed = (keys[None, None, :] <= queries[:, :, None]).unsqueeze(1)  # (B, 1, W, L)
+        self_mask = _as_attention_mask(allowed, self._attention, hidden.dtype)
         for layer in self._layers:
             hidden = layer(  # BartDecoderLayer returns just the hidden states
                 hidden,
                 self_mask,
                 encoder.hidden,
-                encoder_attention_mask=cross_mask,
+                encoder_attention_mask=encoder.cross_mask,
                 use_cache=True,
                 **{self._layer_cache: cache},
             )

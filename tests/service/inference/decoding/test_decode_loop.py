@@ -1,0 +1,176 @@
+"""The jump-forward loop's host side: the batch-64 oracle, one device read per step,
+drafts that never re-tokenize a prefix, a KV cache that does not grow, the packed mask.
+
+The oracle and the read count run the real loop on the random-weight demo model (drafts
+are rejected mid-way there, so backing off is covered); the reference is transformers'
+``generate`` with xgrammar's own logits processor, in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from model_store.loading import LoadedModel
+from service.inference.decoding.constrained import GrammarLogitsProcessor, apply_bitmask
+from service.inference.decoding.florence import EncoderState, Florence2Stepper
+from service.inference.decoding.jump_forward import JumpForwardDecoder
+from service.inference.decoding.kv_slots import SlotCache
+from tests.service.inference.decoding.test_jump_forward import MAX_NEW_TOKENS, Case
+from tests.service.inference.decoding.test_property import random_image
+
+#: Tensor methods that read a tensor's values back to the host (a device sync on CUDA).
+HOST_READS = frozenset(
+    {"tolist", "item", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__",
+     "equal", "nonzero", "all", "any"}
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def case_64(demo_loaded: LoadedModel) -> Case:
+    return Case(demo_loaded, [random_image(7000 + i, i % 3) for i in range(64)])
+
+
+def decoder_for(case: Case, stepper: Any = None) -> JumpForwardDecoder:
+    return JumpForwardDecoder(
+        stepper or Florence2Stepper(case.model), case.grammar, case.tokenizer,
+        start_id=2, bos_id=0, pad_id=1, max_new_tokens=MAX_NEW_TOKENS,
+    )  # fmt: skip
+
+
+def constrained_generate(case: Case, index: slice) -> tuple[list[list[int]], list[list[float]]]:
+    """Tokens and log-probabilities of constrained ``generate`` in one call (the batch-8
+    oracle checks this processor against xgrammar's own)."""
+    ids, mask, pixels = case.rows(index)
+    processor = GrammarLogitsProcessor(case.grammar, len(ids), torch.device("cpu"))
+    with torch.inference_mode():
+        sequences = case.model.generate(
+            input_ids=ids, attention_mask=mask, pixel_values=pixels,
+            decoder_input_ids=torch.tensor([[2, 0]]).expand(len(ids), -1),
+            num_beams=1, do_sample=False, no_repeat_ngram_size=0,
+            max_new_tokens=MAX_NEW_TOKENS - 1, forced_eos_token_id=None,
+            logits_processor=[processor],
+        )  # fmt: skip
+    processor.finish(sequences)
+    rows = [row[1:] for row in sequences.tolist()]
+    return [row[: row.index(2) + 1] if 2 in row else row for row in rows], processor.logprobs
+
+
+@pytest.mark.slow
+def test_batch_of_64_matches_constrained_generate(case_64: Case) -> None:
+    everything = slice(0, 64)
+    expected, logprobs = constrained_generate(case_64, everything)
+    got = decoder_for(case_64).decode(*case_64.rows(everything))
+    assert len({len(r) for r in expected}) >= 3, "rows must finish at different steps"
+    assert [row.tokens for row in got] == expected
+    for row, reference in zip(got, logprobs, strict=True):
+        np.testing.assert_allclose(row.logprobs, reference[: len(row.tokens) - 1], atol=1e-6)
+
+
+class HostReadCounter(TorchFunctionMode):
+    """Counts tensor reads back to the host, except while ``paused``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+        self.paused = False
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: Any = (), kwargs: Any = None
+    ) -> Any:  # fmt: skip
+        name = getattr(func, "__name__", "")
+        if not self.paused and name in HOST_READS:
+            self.reads.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+class EncoderUncounted:
+    """The real stepper; the encoder (the vision tower, run once per batch) is not counted."""
+
+    def __init__(self, inner: Florence2Stepper, counter: HostReadCounter) -> None:
+        self._inner, self._counter = inner, counter
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def encode(self, *args: Any) -> EncoderState:
+        self._counter.paused = True
+        try:
+            return self._inner.encode(*args)
+        finally:
+            self._counter.paused = False
+
+
+@pytest.mark.slow
+def test_one_host_read_per_step_and_drafts_from_frontier_and_memo(case_64: Case) -> None:
+    counter = HostReadCounter()
+    decoder = decoder_for(case_64, EncoderUncounted(Florence2Stepper(case_64.model), counter))
+    lengths: list[int] = []
+    real_encode = case_64.tokenizer.backend_tokenizer.encode
+
+    def encode(text: str, **kwargs: Any) -> Any:
+        lengths.append(len(text))
+        return real_encode(text, **kwargs)
+
+    decoder._drafter._encode = encode  # observe the tokenizer calls of this decoder only
+    decoder.decode(*case_64.rows(slice(0, 4)))  # host buffers are allocated once per decoder
+    misses = decoder._memo.misses
+    inputs = case_64.rows(slice(24, 32))  # rows of three different lengths
+    with counter:  # other images: step plans are mostly computed, not found in the memo
+        first = decoder.decode(*inputs)
+    assert decoder._memo.misses > misses + 8
+    assert decoder.last_steps > 5
+    assert len({len(r.tokens) for r in first}) >= 2  # rows left the batch on the way
+    assert len(counter.reads) <= decoder.last_steps, counter.reads
+    vocab = case_64.grammar.tokenizer_info.decoded_vocab
+    longest_text = max(len(b"".join(vocab[t] for t in r.tokens[1:-1])) for r in first)
+    assert lengths
+    assert max(lengths) < 60 < longest_text  # drafts never re-tokenize the whole prefix
+    calls, misses = len(lengths), decoder._memo.misses
+    again = decoder.decode(*inputs)
+    assert [r.tokens for r in again] == [r.tokens for r in first]
+    # The same rows again: every step plan from the memo, no tokenizer or grammar work.
+    assert len(lengths) == calls
+    assert decoder._memo.misses == misses
+
+
+def test_slot_cache_overwrites_rejected_entries_and_sinks_padding() -> None:
+    cache = SlotCache(batch=2, capacity=6)
+    keys = torch.arange(2 * 3, dtype=torch.float32).view(2, 1, 3, 1)  # (B, H, W, D)
+    # Row 0 writes 3 entries at 0..2; row 1 writes 1 entry at 0, its padding to the sink.
+    cache.place(torch.tensor([[0, 1, 2], [0, 5, 5]]), length=3)
+    got, _ = cache.update(keys, keys, 0)
+    assert got.shape == (2, 1, 3, 1)
+    assert got[0, 0, :, 0].tolist() == [0.0, 1.0, 2.0]
+    assert got[1, 0, :1, 0].tolist() == [3.0]
+    # Row 0 kept only one of them: its next block overwrites slots 1 and 2.
+    cache.place(torch.tensor([[1, 2, 5], [1, 2, 3]]), length=4)
+    got, _ = cache.update(keys + 10, keys + 10, 0)
+    assert got[0, 0, :3, 0].tolist() == [0.0, 10.0, 11.0]
+    assert got[1, 0, :4, 0].tolist() == [3.0, 13.0, 14.0, 15.0]
+    before = cache.reserved_bytes()
+    assert before == 2 * (2 * 1 * 6 * 1) * 4  # keys and values, preallocated once
+    with pytest.raises(ValueError, match="overflows"):
+        cache.place(torch.tensor([[5]]), length=6)
+    cache.batch_select_indices(torch.tensor([1]))  # row 0 finished
+    cache.place(torch.tensor([[4]]), length=5)
+    got, _ = cache.update(keys[1:, :, :1] + 20, keys[1:, :, :1] + 20, 0)
+    assert got[0, 0, :, 0].tolist() == [3.0, 13.0, 14.0, 15.0, 23.0]
+
+
+def test_packed_mask_matches_the_bit_by_bit_mask() -> None:
+    rng = np.random.default_rng(0)
+    vocab, rows = 621, 5
+    words = (vocab + 31) // 32
+    bitmask = torch.from_numpy(rng.integers(-(2**31), 2**31, (rows, words), dtype=np.int64))
+    bitmask = bitmask.to(torch.int32)
+    logits = torch.randn(rows, vocab)
+    expected = logits.clone()
+    bits = [[(int(bitmask[r, t // 32]) >> (t % 32)) & 1 for t in range(vocab)] for r in range(rows)]
+    expected[torch.tensor(bits) == 0] = float("-inf")
+    apply_bitmask(logits, bitmask)
+    assert torch.equal(logits, expected)
