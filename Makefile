@@ -17,6 +17,10 @@ PIP := $(BIN)/python -m pip
 VENV_MIN ?= .venv-min
 STAMP_MIN := $(VENV_MIN)/.installed
 MIN_TESTS ?= tests/service/inference
+# The suite runs on this many pytest-xdist workers, a test file per worker at a time (module
+# fixtures such as a started server or Ray cluster stay in one process). Much of the suite
+# waits on subprocesses and sockets, so 2 workers suit a 2-core machine; 0 runs it serially.
+TEST_WORKERS ?= 2
 # A bound on the minimum-versions run (about 5 min here), so a hang cannot eat CI's budget.
 MIN_TIMEOUT_S ?= 900
 
@@ -43,7 +47,7 @@ run: $(STAMP)
 
 ## The whole test suite (CPU; GPU tests skip themselves without a CUDA device)
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 ## The engine and decoding tests once more, on the lowest supported versions (.venv-min)
 test-min: $(STAMP_MIN)
