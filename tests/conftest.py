@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import fcntl
 import io
 import os
 import random
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,9 +84,20 @@ def trained_model_dir(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFac
     """The demo model fine-tuned (~10 s on 2 cores) until it emits valid, image-dependent JSON."""
     from model_store.training.color_demo import train_color_demo
 
-    out = tmp_path_factory.mktemp("models") / "trained"
-    manifest = train_color_demo(demo_model_dir, out, steps=150)
-    assert manifest.name == TRAINED_MODEL_NAME
+    # Built once per run: pytest-xdist workers share it (the first one trains, under a lock;
+    # the others wait and read the finished folder, which appears whole by a rename).
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-models"
+    shared.mkdir(parents=True, exist_ok=True)
+    out = shared / "trained"
+    with (shared / ".trained.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not out.is_dir():
+            partial = shared / "trained.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            manifest = train_color_demo(demo_model_dir, partial, steps=150)
+            assert manifest.name == TRAINED_MODEL_NAME
+            partial.rename(out)
     return out
 
 

@@ -48,11 +48,12 @@ def test_tables_of_every_format_give_ids_and_sources(tmp_path: Path) -> None:
         pa.table({"id": ["p"], "path": [str(photo)], "url": [None]}), tmp_path / "t.parquet"
     )
     items = collect_items([str(tmp_path / n) for n in ("t.csv", "t.jsonl", "t.parquet")])
+    # Paths are recorded resolved (the shared data folder may sit behind a symlink).
     assert items == [
-        Item("00123", str(photo)),  # ids stay text: no 123
-        Item("7", str(tmp_path / "rel" / "a.jpg")),  # relative to the table's folder
+        Item("00123", str(photo.resolve())),  # ids stay text: no 123
+        Item("7", str(tmp_path.resolve() / "rel" / "a.jpg")),  # relative to the table's folder
         Item("u", "https://x/y.jpg"),
-        Item("p", str(photo)),
+        Item("p", str(photo.resolve())),
     ]
 
 
