@@ -25,6 +25,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -148,12 +149,18 @@ def passes_per_token(
     }
 
 
-def mask_overhead(grammar: SchemaGrammar, tokenizer: Any, batch: int) -> float:
+def mask_overhead(
+    grammar: SchemaGrammar,
+    tokenizer: Any,
+    batch: int,
+    target_text: Callable[[Any], str] = lambda labels: str(labels.to_target_text()),
+) -> float:
     """Median ms per decoding step for the grammar's part: batched fill, copy, apply,
-    argmax and normalizer (the median resists preemption by other processes)."""
+    argmax and normalizer (the median resists preemption by other processes), over
+    ``target_text`` of random label sets (default: this project's target text)."""
     encode = tokenizer.backend_tokenizer.encode
     scripts = [
-        [*encode(t.to_target_text(), add_special_tokens=False).ids, 2]
+        [*encode(target_text(t), add_special_tokens=False).ids, 2]
         for t in random_targets(batch, seed=batch)
     ]
     rows = RowMatchers(grammar, batch, torch.device("cpu"))

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,10 +24,9 @@ from typing import Any, Final
 
 import torch
 
-from bench.decoding import random_targets
+from bench.decoding import mask_overhead
 from model_store.profiles import BUILTIN_PROFILES, OutputProfile, target_text
 from model_store.vocabulary import florence_tokenizer, native_embedding_rows
-from service.inference.decoding.constrained import RowMatchers, masked_scores
 from service.inference.decoding.grammar import SchemaGrammar, compile_schema_grammar
 
 GPT2_RANKS: Final = Path(__file__).resolve().parents[2] / "shared/data/tokenizers/gpt2.tiktoken"
@@ -93,23 +91,7 @@ def measure_import(preset: str, fmt: str) -> dict[str, Any]:
 
 def mask_ms(grammar: SchemaGrammar, tokenizer: Any, profile: OutputProfile, batch: int) -> float:
     """Median host ms per step of the grammar's work, over the profile's target texts."""
-    encode = tokenizer.backend_tokenizer.encode
-    scripts = [
-        [*encode(target_text(t, profile), add_special_tokens=False).ids, 2]
-        for t in random_targets(batch, seed=batch)
-    ]
-    rows = RowMatchers(grammar, batch, torch.device("cpu"))
-    logits = torch.randn(batch, grammar.vocab_size)
-    steps: list[float] = []
-    for step in range(max(len(s) for s in scripts)):
-        live = [r for r, s in enumerate(scripts) if step < len(s)]
-        started = time.perf_counter()
-        bitmask = rows.bitmask(batch)
-        rows.fill(live, live, bitmask)
-        masked_scores(logits.clone(), rows.on_device(bitmask))
-        steps.append(time.perf_counter() - started)
-        rows.accept(live, [scripts[r][step] for r in live])
-    return statistics.median(steps) * 1000.0
+    return mask_overhead(grammar, tokenizer, batch, lambda labels: target_text(labels, profile))
 
 
 def measure_grammars() -> dict[str, dict[str, float]]:
