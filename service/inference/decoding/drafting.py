@@ -89,6 +89,7 @@ class StepPlan:
     expected: tuple[int, ...]
     allowed: np.ndarray  # (sum(counts),) int64: the allowed ids of every verified position
     counts: np.ndarray  # (len(fed) + 1,) int64: how many of ``allowed`` each position has
+    widest: int  # the largest count
     ends: bool
 
     @classmethod
@@ -97,7 +98,7 @@ class StepPlan:
     ) -> StepPlan:
         fed = draft[: len(draft) - ends]
         expected = draft if ends else (*draft, -1)
-        return cls(draft, fed, expected, allowed, counts, ends)
+        return cls(draft, fed, expected, allowed, counts, int(counts.max()), ends)
 
     @property
     def nbytes(self) -> int:

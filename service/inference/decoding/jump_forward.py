@@ -38,6 +38,7 @@ after every copy queued from them, so one buffer of each kind suffices.
 
 from __future__ import annotations
 
+import operator
 import threading
 from dataclasses import dataclass, field
 from itertools import chain
@@ -86,15 +87,14 @@ class _Plan:
 
 @dataclass(slots=True)
 class _Block:
-    """A step's inputs on the device, and where each row's verified positions start."""
+    """A step's inputs on the device, and how many positions verify each row."""
 
     tokens: torch.Tensor  # (B, W) right-padded
     slots: torch.Tensor  # (B, W) the cache slot of each token; the sink for padding
     offsets: torch.Tensor  # (B,) each row's first slot
     gather: torch.Tensor  # (checks,) flat B * W index of every verified position
     length: int  # cache entries the block reaches
-    firsts: np.ndarray  # (B,) each row's first verified position (its mask and logit row)
-    verified: np.ndarray  # (B,) each row's verified positions: len(fed) + 1
+    verified: list[int]  # each row's verified positions (its rows of logits): len(fed) + 1
 
 
 class JumpForwardDecoder:
@@ -220,37 +220,38 @@ class JumpForwardDecoder:
         without blocking. Each row's block is a prefix of its row of the (B, W) grid, so
         a (B, W) mask of those prefixes places every row's tokens in one assignment."""
         batch = len(plans)
-        heads = np.fromiter((len(p.row.pending) for p in plans), np.int64, batch)
-        verified = np.fromiter((len(p.fed) for p in plans), np.int64, batch) + 1
-        cached = np.fromiter((p.row.cached for p in plans), np.int64, batch)
-        lengths = heads + verified - 1
-        width, total = int(lengths.max()), int(lengths.sum())
-        checks = int(verified.sum())
+        # Sizes in plain Python (numpy's reductions cost more than these short loops).
+        heads = [len(p.row.pending) for p in plans]
+        lengths = [head + len(p.fed) for head, p in zip(heads, plans, strict=True)]
+        cached = [p.row.cached for p in plans]
+        width, total = max(lengths), sum(lengths)
+        checks = total - sum(heads) + batch  # len(fed) + 1 verified positions per row
         size = 2 * batch * width + batch + checks
         host = self._inputs.take(size, device)
         tokens = host[: batch * width].reshape(batch, width)
         slots = host[batch * width : 2 * batch * width].reshape(batch, width)
         offsets, gather = host[2 * batch * width : 2 * batch * width + batch], host[-checks:]
         columns = self._columns[:width]
-        inside = columns < lengths[:, None]
-        fed = chain.from_iterable(part for p in plans for part in (p.row.pending, p.fed))
+        starts = np.array(cached)[:, None]
+        inside = columns < np.array(lengths)[:, None]
+        fed = [token for p in plans for part in (p.row.pending, p.fed) for token in part]
         tokens.fill(self._pad)
-        tokens[inside] = np.fromiter(fed, np.int64, total)  # row-major: row by row, in order
-        np.add(cached[:, None], columns, out=slots)
+        tokens[inside] = fed  # row-major: row by row, in order
+        np.add(starts, columns, out=slots)
         slots[~inside] = self._capacity - 1  # the sink
         offsets[:] = cached
         # Row b's verified positions: its last pending token (which predicts draft[0])
         # through the end of its block; in row-major order, as the mask slots are.
-        gather[:] = np.flatnonzero(inside & (columns >= heads[:, None] - 1))
+        heads_at = np.array(heads)[:, None] - 1
+        gather[:] = np.flatnonzero(inside & (columns >= heads_at))
         moved = self._inputs.upload(size, device)
         return _Block(
             moved[: batch * width].view(batch, width),
             moved[batch * width : 2 * batch * width].view(batch, width),
             moved[2 * batch * width : 2 * batch * width + batch],
             moved[2 * batch * width + batch :],
-            int((cached + lengths).max()),
-            np.cumsum(verified) - verified,
-            verified,
+            max(map(operator.add, cached, lengths)),
+            [len(p.fed) + 1 for p in plans],
         )
 
     def _explore(self, matchers: RowMatchers, plans: list[_Plan]) -> None:
@@ -303,7 +304,7 @@ class JumpForwardDecoder:
         assert all(step is not None for step in steps)  # every miss was explored
         counts = np.concatenate([s.counts for s in steps if s is not None])
         ids = np.concatenate([s.allowed for s in steps if s is not None])
-        checks, width = counts.shape[0], int(counts.max())
+        checks, width = counts.shape[0], max(s.widest for s in steps if s is not None)
         host = self._allowed.take(checks * width, device).reshape(checks, width)
         padding = self._padding.take(checks * width, device).reshape(checks, width)
         inside = self._columns[:width] < counts[:, None]
@@ -323,7 +324,8 @@ class JumpForwardDecoder:
         extend each live row's tokens and path by what it appended."""
         expected = chain.from_iterable(p.step.expected for p in plans if p.step is not None)
         checks = choices.shape[0]
-        firsts, verified = block.firsts, block.verified
+        verified = np.array(block.verified)
+        firsts = np.cumsum(verified) - verified
         matched = choices == np.fromiter(expected, np.int64, checks)
         # A row's first mismatch, or the end of its positions where all match.
         candidates = np.where(matched, np.repeat(firsts + verified, verified), np.arange(checks))
