@@ -68,7 +68,7 @@ def profile(model_dir: Path, batch: int, repeats: int) -> dict[str, list[float]]
     spent: dict[str, float] = defaultdict(float)
     decoder: Any = timer.decoder
     for name, label in METHODS.items():
-        if hasattr(decoder, name):
+        if callable(getattr(decoder, name, None)):
             setattr(decoder, name, _timed(getattr(decoder, name), label, spent))
     for name, label in FUNCTIONS.items():
         if hasattr(jump_forward, name):
