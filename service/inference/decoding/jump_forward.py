@@ -20,11 +20,12 @@ One step, in order, and what overlaps (on CUDA, where kernel launches return at 
 3. host, **while the device runs the block**: for memo misses, xgrammar fills the
    verification masks (one per draft position, batched across rows), walking each
    matcher through its draft and back, and the masks become lists of allowed ids; every
-   row's allowed ids go into one pinned buffer;
-4. one non-blocking copy of the allowed ids; LM head on the verified positions, then the
-   allowed logits gathered, argmax and log-probabilities queued;
-5. **the step's one device-to-host transfer**: every verified position's choice and
-   log-probability in one tensor. The host then commits (the first mismatch of every
+   row's allowed ids go into one pinned buffer, where they are padding into another;
+4. two non-blocking copies (ids, padding); LM head on the verified positions, then the
+   allowed logits gathered, their argmax and softmax queued;
+5. **the step's one device-to-host transfer**: every verified position's choice (its
+   place among the allowed ids) and probability in one tensor; the host maps places to
+   ids and takes the logarithms. It then commits (the first mismatch of every
    row at once, in numpy), extends each row's tokens and path, and drops finished rows
    (one more non-blocking copy: the survivors' index).
 
