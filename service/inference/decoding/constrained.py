@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import xgrammar as xgr
 from transformers import LogitsProcessor
@@ -60,16 +61,59 @@ def masked_scores(logits: torch.Tensor, bitmask: torch.Tensor) -> tuple[torch.Te
     return choice, best - torch.logsumexp(logits, dim=-1)
 
 
+def allowed_ids(bitmask: np.ndarray, vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """The token ids each row of an xgrammar bitmask (R, words) int32 allows, ascending:
+    all rows' ids in one flat int64 array, and how many belong to each row."""
+    bits = np.unpackbits(bitmask.view(np.uint8), axis=1, bitorder="little")[:, :vocab]
+    rows, ids = np.nonzero(bits)  # row-major: by row, then by id
+    return ids.astype(np.int64), np.bincount(rows, minlength=bitmask.shape[0]).astype(np.int64)
+
+
+def allowed_scores(
+    logits: torch.Tensor, allowed: torch.Tensor, padding: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The greedy choice among each row's allowed ids, and its probability under the
+    grammar-renormalized distribution: what :func:`masked_scores` gives, from the few
+    logits the grammar allows rather than a vocabulary-wide mask.
+
+    ``allowed`` (N, K) int64 lists each row's allowed ids in ascending order, padded
+    where ``padding`` (N, K) is True (with any valid id); both on the logits' device.
+    Returns the *position* in ``allowed`` of each row's choice (the caller holds the ids)
+    and its probability. The choice is the masked argmax over the vocabulary (ties go to
+    the lowest id in both, as ``max`` returns the first maximum); the probability is the
+    largest softmax value, i.e. the choice's, whatever the ties. Five small ops, as
+    each one costs the host a kernel launch (or, on CPU, a dispatch) per step.
+    """
+    scores = logits.gather(1, allowed).masked_fill_(padding, float("-inf"))
+    at = scores.argmax(dim=-1)
+    return at, torch.softmax(scores, dim=-1).amax(dim=-1)
+
+
 class RowMatchers:
-    """One grammar matcher per batch row, plus a reusable host-side bitmask."""
+    """One grammar matcher per batch row, plus a reusable host-side bitmask.
+
+    Matchers are made on a row's first use: the jump-forward loop takes most steps from
+    its memo and never asks a row's grammar state there, so a batch can finish without
+    building any.
+    """
 
     def __init__(self, grammar: SchemaGrammar, rows: int, device: torch.device) -> None:
         self.grammar = grammar
-        self.matchers = [xgr.GrammarMatcher(grammar.compiled) for _ in range(rows)]
-        self._batch = xgr.BatchGrammarMatcher(max_threads="auto")
+        self._matchers: list[xgr.GrammarMatcher | None] = [None] * rows
+        self._batch: xgr.BatchGrammarMatcher | None = None
         self._device = device
         self._rows = rows
         self._bitmask: torch.Tensor | None = None  # allocated on first use (generate's path)
+
+    def matcher(self, row: int) -> xgr.GrammarMatcher:
+        found = self._matchers[row]
+        if found is None:
+            found = self._matchers[row] = xgr.GrammarMatcher(self.grammar.compiled)
+        return found
+
+    @property
+    def matchers(self) -> list[xgr.GrammarMatcher]:
+        return [self.matcher(row) for row in range(self._rows)]
 
     def _allocate(self, rows: int) -> torch.Tensor:
         bitmask = xgr.allocate_token_bitmask(max(rows, 1), self.grammar.vocab_size)
@@ -86,8 +130,10 @@ class RowMatchers:
     def fill(self, rows: Sequence[int], slots: Sequence[int], bitmask: torch.Tensor) -> None:
         """Write the next-token mask of matcher ``rows[i]`` into ``bitmask[slots[i]]``."""
         if rows:
+            if self._batch is None:
+                self._batch = xgr.BatchGrammarMatcher(max_threads="auto")
             self._batch.batch_fill_next_token_bitmask(
-                [self.matchers[r] for r in rows], bitmask, list(slots)
+                [self.matcher(r) for r in rows], bitmask, list(slots)
             )
 
     def on_device(self, bitmask: torch.Tensor) -> torch.Tensor:
@@ -99,14 +145,14 @@ class RowMatchers:
         if not rows:
             return
         accepted = xgr.BatchGrammarMatcher.batch_accept_token(
-            [self.matchers[r] for r in rows], list(tokens)
+            [self.matcher(r) for r in rows], list(tokens)
         )
         if not all(accepted):
             bad = [(r, t) for r, t, ok in zip(rows, tokens, accepted, strict=True) if not ok]
             raise GrammarRejectedError(f"grammar rejected (row, token) {bad}")
 
     def terminated(self, row: int) -> bool:
-        return bool(self.matchers[row].is_terminated())
+        return bool(self.matcher(row).is_terminated())
 
 
 class GrammarLogitsProcessor(LogitsProcessor):

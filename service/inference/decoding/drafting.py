@@ -13,8 +13,9 @@ A draft depends only on (frontier, forced string), and both repeat across rows a
 batches (every output has the same keys in the same order), so drafts are memoized. A
 draft is a guess the model verifies, so a different draft can cost decoder passes but
 never changes the output. One level up, :class:`StepMemo` keeps a row's whole step plan
-(draft and verification masks) by the path of tokens that led to it: in steady state a
-row's grammar work for a step is one dict lookup and a copy of its mask rows.
+(draft and the tokens allowed along it) by the path of tokens that led to it: in steady
+state a row's grammar work for a step is one dict lookup, and its matcher is not touched
+at all (the decoder advances it only when a step plan has to be computed).
 """
 
 from __future__ import annotations
@@ -65,24 +66,43 @@ class Drafter:
         return tuple(alone)
 
 
-#: Bytes of verification masks the step memo may hold before it starts over.
+#: Bytes of allowed-token lists the step memo may hold before it starts over.
 MEMO_MASK_BYTES: Final = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
 class StepPlan:
     """What one row does at a step, given its output so far (its *path*): the draft it
-    feeds and the grammar masks that verify each draft position, one row per position
-    (plus the one after), and whether the draft ends with the forced stop token."""
+    feeds, the tokens the grammar allows at each verified position (each draft position
+    and the one after, minus a forced stop token's), and whether the draft ends with the
+    forced stop token.
+
+    The allowed tokens are kept sparse, as ascending ids, because a schema grammar allows
+    a handful of a vocabulary's tens of thousands at any point: verifying gathers those
+    few logits instead of masking every one (:func:`.constrained.allowed_scores`).
+    """
 
     draft: tuple[int, ...]  # with the stop token last when ``ends``
-    masks: np.ndarray  # (len(draft) + 1 - ends, words) int32: a bitmask row per position
+    fed: tuple[int, ...]  # the draft tokens fed to the decoder: a forced stop is verified only
+    #: What each verified position must choose for the draft to go on; -1 (no token) at
+    #: the position after the draft, where the model's own pick is taken whatever it is.
+    expected: tuple[int, ...]
+    allowed: np.ndarray  # (sum(counts),) int64: the allowed ids of every verified position
+    counts: np.ndarray  # (len(fed) + 1,) int64: how many of ``allowed`` each position has
+    widest: int  # the largest count
     ends: bool
 
+    @classmethod
+    def of(
+        cls, draft: tuple[int, ...], allowed: np.ndarray, counts: np.ndarray, ends: bool
+    ) -> StepPlan:
+        fed = draft[: len(draft) - ends]
+        expected = draft if ends else (*draft, -1)
+        return cls(draft, fed, expected, allowed, counts, int(counts.max()), ends)
+
     @property
-    def fed(self) -> list[int]:
-        """The draft tokens fed to the decoder: a forced stop token is verified, not fed."""
-        return list(self.draft[: len(self.draft) - self.ends])
+    def nbytes(self) -> int:
+        return int(self.allowed.nbytes + self.counts.nbytes)
 
 
 class StepMemo:
@@ -119,9 +139,9 @@ class StepMemo:
 
     def put(self, path: int, plan: StepPlan) -> None:
         self.misses += 1
-        if self._bytes + plan.masks.nbytes > self._max_bytes:
+        if self._bytes + plan.nbytes > self._max_bytes:
             self._children.clear()
             self._plans.clear()
             self._bytes = 0
         self._plans[path] = plan
-        self._bytes += plan.masks.nbytes
+        self._bytes += plan.nbytes

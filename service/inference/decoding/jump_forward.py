@@ -13,19 +13,25 @@ text differently than the tokenizer would.
 One step, in order, and what overlaps (on CUDA, where kernel launches return at once):
 
 1. host: each row's step plan from the memo, by its token path (:class:`.StepMemo`); for
-   a miss, its forced string and draft; the block's inputs written into one pinned
-   host buffer;
+   a miss, its matcher is caught up with the tokens the row appended since it was last
+   used, and its forced string and draft computed; the block's inputs are written into
+   one pinned host buffer (numpy over all rows at once, no per-row copies);
 2. one non-blocking host-to-device copy of that buffer; the decoder block is queued;
 3. host, **while the device runs the block**: for memo misses, xgrammar fills the
    verification masks (one per draft position, batched across rows), walking each
-   matcher through its draft and back; every row's masks go into one pinned buffer;
-4. one non-blocking copy of the masks; LM head on the verified positions, mask, argmax
-   and log-probabilities queued;
-5. **the step's one device-to-host transfer**: every verified position's choice and
-   log-probability in one tensor. The host then commits (accepts up to the first
-   mismatch), advances each matcher and path by what the row appended, and drops
-   finished rows (one more non-blocking copy: the survivors' index).
+   matcher through its draft and back, and the masks become lists of allowed ids; every
+   row's allowed ids go into one pinned buffer, where they are padding into another;
+4. two non-blocking copies (ids, padding); LM head on the verified positions, then the
+   allowed logits gathered, their argmax and softmax queued;
+5. **the step's one device-to-host transfer**: every verified position's choice (its
+   place among the allowed ids) and probability in one tensor; the host maps places to
+   ids and takes the logarithms. It then commits (the first mismatch of every
+   row at once, in numpy), extends each row's tokens and path, and drops finished rows
+   (one more non-blocking copy: the survivors' index).
 
+A memo hit costs no grammar work at all: its plan already holds what the matcher would
+say, and the chosen tokens come from the plan's allowed ids, so they need no check by
+the matcher either; the matcher is advanced only when its row next misses the memo.
 Step ``t + 1``'s masks cannot be filled during step ``t``: they depend on the tokens step
 ``t`` chooses. Pinned buffers are rewritten only after the step's transfer, which orders
 after every copy queued from them, so one buffer of each kind suffices.
@@ -33,14 +39,16 @@ after every copy queued from them, so one buffer of each kind suffices.
 
 from __future__ import annotations
 
+import operator
 import threading
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
 import torch
 
-from service.inference.decoding.constrained import RowMatchers, masked_scores
+from service.inference.decoding.constrained import RowMatchers, allowed_ids, allowed_scores
 from service.inference.decoding.drafting import FRONTIER_TOKENS, Drafter, StepMemo, StepPlan
 from service.inference.decoding.florence import Florence2Stepper
 from service.inference.decoding.grammar import SchemaGrammar
@@ -66,16 +74,28 @@ class _Row:
     passes: int = 0
     done: bool = False
     path: int = StepMemo.ROOT  # the tokens so far, interned (see StepMemo)
+    synced: int = 1  # tokens[:synced] are in the matcher (the grammar starts after <s>)
 
 
 @dataclass(slots=True)
 class _Plan:
-    """One row's part of a step: what it feeds, and the mask slots that verify it."""
+    """One row's part of a step: what it feeds (``len(fed) + 1`` positions verify it)."""
 
     row: _Row
-    fed: list[int]  # the draft without a forced stop token (that one is verified, not fed)
-    first: int  # mask/logit slot of the first verified position; len(fed) + 1 in all
+    fed: tuple[int, ...]  # the draft without a forced stop token (that one is verified, not fed)
     step: StepPlan | None  # None until a memo miss is explored, after the block's launch
+
+
+@dataclass(slots=True)
+class _Block:
+    """A step's inputs on the device, and how many positions verify each row."""
+
+    tokens: torch.Tensor  # (B, W) right-padded
+    slots: torch.Tensor  # (B, W) the cache slot of each token; the sink for padding
+    offsets: torch.Tensor  # (B,) each row's first slot
+    gather: torch.Tensor  # (checks,) flat B * W index of every verified position
+    length: int  # cache entries the block reaches
+    verified: list[int]  # each row's verified positions (its rows of logits): len(fed) + 1
 
 
 class JumpForwardDecoder:
@@ -107,8 +127,10 @@ class JumpForwardDecoder:
         self._capacity = max_new_tokens + 2
         self._stop_only = np.zeros((grammar.vocab_size + 31) // 32, dtype=np.int32)
         self._stop_only.view(np.uint32)[self._stop // 32] = np.uint32(1 << (self._stop % 32))
+        self._columns = np.arange(max(self._capacity, grammar.vocab_size))
         self._inputs = HostBuffer(np.int64)
-        self._masks = HostBuffer(np.int32)
+        self._allowed = HostBuffer(np.int64)
+        self._padding = HostBuffer(np.bool_)
         self._survivors = HostBuffer(np.int64)
         self._lock = threading.Lock()
         self.last_steps = 0  # forward passes of the last decode() call, for benchmarks
@@ -132,19 +154,22 @@ class JumpForwardDecoder:
         self.last_steps = 0
         while live:
             plans = self._plan(matchers, live)
-            tokens, slots, offsets, gather, length = self._block(plans, device)
-            hidden = self._stepper.decode(cache, encoder, tokens, slots, offsets, length)
+            block = self._block(plans, device)
+            hidden = self._stepper.decode(
+                cache, encoder, block.tokens, block.slots, block.offsets, block.length
+            )
             self.last_steps += 1
             # On CUDA the block is still running: the grammar work for memo misses overlaps it.
             self._explore(matchers, [plan for plan in plans if plan.step is None])
-            bitmask = self._verification_masks(plans, device)
-            logits = self._stepper.logits(hidden.flatten(0, 1).index_select(0, gather))
-            choices, logprobs = masked_scores(logits, bitmask)
-            # The step's one device-to-host transfer: choices are exact in float64.
-            picked: list[list[float]] = torch.stack(
-                (choices.to(torch.float64), logprobs.to(torch.float64))
-            ).tolist()
-            self._commit(matchers, plans, picked[0], picked[1])
+            ids, allowed, padding = self._allowed_ids(plans, device)
+            logits = self._stepper.logits(hidden.flatten(0, 1).index_select(0, block.gather))
+            at, probability = allowed_scores(logits, allowed, padding)
+            # The step's one device-to-host transfer; positions (< K) are exact in float32.
+            picked: list[list[float]] = torch.stack((at.to(torch.float32), probability)).tolist()
+            positions = np.asarray(picked[0], dtype=np.int64)
+            choices = ids[np.arange(positions.shape[0]), positions]
+            logprobs = np.log(np.asarray(picked[1], dtype=np.float64))
+            self._commit(plans, block, choices, logprobs.tolist())
             keep = [slot for slot, plan in enumerate(plans) if not plan.row.done]
             if len(keep) < len(plans):
                 self._survivors.take(len(keep), device)[:] = keep
@@ -154,75 +179,86 @@ class JumpForwardDecoder:
         return [DecodedRow(r.tokens, r.logprobs, r.passes) for r in rows]
 
     def _plan(self, matchers: RowMatchers, live: list[_Row]) -> list[_Plan]:
-        """Each row's draft (from its memoized step plan, else computed) and mask slots."""
+        """Each row's draft: from its memoized step plan, else computed from its matcher."""
         steps = [self._memo.get(row.path) for row in live]
         missing = [row for row, step in zip(live, steps, strict=True) if step is None]
+        self._catch_up(matchers, missing)
         drafts = iter(self._drafts(matchers, missing))
-        plans: list[_Plan] = []
-        first = 0
-        for row, step in zip(live, steps, strict=True):
-            fed = next(drafts) if step is None else step.fed
-            plans.append(_Plan(row, fed, first, step))
-            first += len(fed) + 1
-        return plans
+        return [
+            _Plan(row, next(drafts) if step is None else step.fed, step)
+            for row, step in zip(live, steps, strict=True)
+        ]
 
-    def _drafts(self, matchers: RowMatchers, rows: list[_Row]) -> list[list[int]]:
+    @staticmethod
+    def _catch_up(matchers: RowMatchers, rows: list[_Row]) -> None:
+        """Advance each row's matcher by the tokens it appended since it was last used
+        (batched across rows, one token depth at a time)."""
+        behind = [(row.index, row.tokens[row.synced :]) for row in rows]
+        for row in rows:
+            row.synced = len(row.tokens)
+        depth = 0
+        behind = [(r, t) for r, t in behind if t]
+        while behind:
+            matchers.accept([r for r, _ in behind], [t[depth] for _, t in behind])
+            depth += 1
+            behind = [(r, t) for r, t in behind if depth < len(t)]
+
+    def _drafts(self, matchers: RowMatchers, rows: list[_Row]) -> list[tuple[int, ...]]:
         """Each row's draft within its token budget, leaving room for the model's pick."""
-        drafts: list[list[int]] = []
+        drafts: list[tuple[int, ...]] = []
         for row in rows:
             room = self._max_new_tokens - len(row.tokens) - 1
-            forced = matchers.matchers[row.index].find_jump_forward_string() if room > 0 else ""
-            draft: list[int] = []
+            forced = matchers.matcher(row.index).find_jump_forward_string() if room > 0 else ""
+            draft: tuple[int, ...] = ()
             if forced:
                 frontier = tuple(row.tokens[max(1, len(row.tokens) - FRONTIER_TOKENS) :])
-                draft = list(self._drafter.draft(frontier, str(forced))[:room])
+                draft = self._drafter.draft(frontier, str(forced))[:room]
             drafts.append(draft)
         return drafts
 
-    def _block(
-        self, plans: list[_Plan], device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        """This step's inputs, assembled on the host and copied once, without blocking.
-
-        Tokens (B, W) right-padded; the cache slot of each (the row's next slots, the
-        sink for padding); each row's offset; the flat (B * W) index of every verified
-        position in mask-slot order; and how many cache entries the block reaches.
-        """
+    def _block(self, plans: list[_Plan], device: torch.device) -> _Block:
+        """This step's inputs, assembled on the host for all rows at once and copied once,
+        without blocking. Each row's block is a prefix of its row of the (B, W) grid, so
+        a (B, W) mask of those prefixes places every row's tokens in one assignment."""
         batch = len(plans)
-        blocks = [p.row.pending + p.fed for p in plans]
-        width = max(len(b) for b in blocks)
-        checks = sum(len(p.fed) + 1 for p in plans)
+        # Sizes in plain Python (numpy's reductions cost more than these short loops).
+        heads = [len(p.row.pending) for p in plans]
+        lengths = [head + len(p.fed) for head, p in zip(heads, plans, strict=True)]
+        cached = [p.row.cached for p in plans]
+        width, total = max(lengths), sum(lengths)
+        checks = total - sum(heads) + batch  # len(fed) + 1 verified positions per row
         size = 2 * batch * width + batch + checks
         host = self._inputs.take(size, device)
         tokens = host[: batch * width].reshape(batch, width)
         slots = host[batch * width : 2 * batch * width].reshape(batch, width)
-        offsets = host[2 * batch * width : 2 * batch * width + batch]
-        gather = host[2 * batch * width + batch :]
+        offsets, gather = host[2 * batch * width : 2 * batch * width + batch], host[-checks:]
+        columns = self._columns[:width]
+        starts = np.array(cached)[:, None]
+        inside = columns < np.array(lengths)[:, None]
+        fed = [token for p in plans for part in (p.row.pending, p.fed) for token in part]
         tokens.fill(self._pad)
-        slots.fill(self._capacity - 1)  # the sink
-        length = 0
-        for index, (plan, block) in enumerate(zip(plans, blocks, strict=True)):
-            cached, fed = plan.row.cached, len(block)
-            tokens[index, :fed] = block
-            slots[index, :fed] = np.arange(cached, cached + fed)
-            offsets[index] = cached
-            head = index * width + len(plan.row.pending) - 1  # predicts draft[0]
-            verified = len(plan.fed) + 1
-            gather[plan.first : plan.first + verified] = np.arange(head, head + verified)
-            length = max(length, cached + fed)
+        tokens[inside] = fed  # row-major: row by row, in order
+        np.add(starts, columns, out=slots)
+        slots[~inside] = self._capacity - 1  # the sink
+        offsets[:] = cached
+        # Row b's verified positions: its last pending token (which predicts draft[0])
+        # through the end of its block; in row-major order, as the mask slots are.
+        heads_at = np.array(heads)[:, None] - 1
+        gather[:] = np.flatnonzero(inside & (columns >= heads_at))
         moved = self._inputs.upload(size, device)
-        return (
+        return _Block(
             moved[: batch * width].view(batch, width),
             moved[batch * width : 2 * batch * width].view(batch, width),
             moved[2 * batch * width : 2 * batch * width + batch],
             moved[2 * batch * width + batch :],
-            length,
+            max(map(operator.add, cached, lengths)),
+            [len(p.fed) + 1 for p in plans],
         )
 
     def _explore(self, matchers: RowMatchers, plans: list[_Plan]) -> None:
-        """Compute and memoize the step plans of memo misses: one mask per verified
-        position, filled by xgrammar batched across rows, depth by depth, while each
-        matcher walks its draft (rolled back after). A draft whose end completes the
+        """Compute and memoize the step plans of memo misses: the allowed tokens of each
+        verified position, filled by xgrammar batched across rows, depth by depth, while
+        each matcher walks its draft (rolled back after). A draft whose end completes the
         grammar gets the stop token appended, as its mask allows nothing else."""
         if not plans:
             return
@@ -238,64 +274,80 @@ class JumpForwardDecoder:
             matchers.accept([plans[w].row.index for w in walking],
                             [plans[w].fed[depth] for w in walking])  # fmt: skip
             depth += 1
+        ids, counts = allowed_ids(scratch, self._grammar.vocab_size)
+        bounds = np.concatenate(([0], np.cumsum(counts)))
         for w, plan in enumerate(plans):
             row, draft = plan.row, plan.fed
-            matcher = matchers.matchers[row.index]
-            masks = scratch[firsts[w] : firsts[w + 1]].copy()
+            low, high = int(firsts[w]), int(firsts[w + 1])
+            matcher = matchers.matcher(row.index)
             room = self._max_new_tokens - len(row.tokens) - len(draft)
             ends = (
-                room > 0 and matcher.is_completed() and np.array_equal(masks[-1], self._stop_only)
+                room > 0
+                and matcher.is_completed()
+                and np.array_equal(scratch[high - 1], self._stop_only)
             )
             matcher.rollback(len(draft))
-            plan.step = StepPlan((*draft, self._stop) if ends else tuple(draft), masks, ends)
+            plan.step = StepPlan.of(
+                (*draft, self._stop) if ends else draft,
+                ids[bounds[low] : bounds[high]].copy(),
+                counts[low:high].copy(),
+                ends,
+            )
             self._memo.put(row.path, plan.step)
 
-    def _verification_masks(self, plans: list[_Plan], device: torch.device) -> torch.Tensor:
-        """The step's masks, copied from the plans into one host buffer and to the device
-        without blocking."""
-        total = sum(len(p.fed) + 1 for p in plans)
-        words = self._stop_only.shape[0]
-        host = self._masks.take(total * words, device).reshape(total, words)
-        for plan in plans:
-            assert plan.step is not None  # every miss was explored
-            host[plan.first : plan.first + len(plan.fed) + 1] = plan.step.masks
-        return self._masks.upload(total * words, device).view(total, words)
+    def _allowed_ids(
+        self, plans: list[_Plan], device: torch.device
+    ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """Every verified position's allowed ids, (checks, K), and where that is padding,
+        assembled in host buffers and copied to the device without blocking; the ids are
+        also returned as the host array, which stays valid until the next step."""
+        steps = [p.step for p in plans]
+        assert all(step is not None for step in steps)  # every miss was explored
+        counts = np.concatenate([s.counts for s in steps if s is not None])
+        ids = np.concatenate([s.allowed for s in steps if s is not None])
+        checks, width = counts.shape[0], max(s.widest for s in steps if s is not None)
+        host = self._allowed.take(checks * width, device).reshape(checks, width)
+        padding = self._padding.take(checks * width, device).reshape(checks, width)
+        inside = self._columns[:width] < counts[:, None]
+        np.logical_not(inside, out=padding)
+        host.fill(0)  # any valid id: padding is masked out
+        host[inside] = ids  # row-major: each position's ids in order
+        return (
+            host,
+            self._allowed.upload(checks * width, device).view(checks, width),
+            self._padding.upload(checks * width, device).view(checks, width),
+        )
 
     def _commit(
-        self,
-        matchers: RowMatchers,
-        plans: list[_Plan],
-        choices: list[float],
-        logprobs: list[float],
+        self, plans: list[_Plan], block: _Block, choices: np.ndarray, logprobs: list[float]
     ) -> None:
         """Accept each draft up to its first mismatch, take the model's pick there, and
-        advance each live row's matcher and path by what it appended."""
-        advancing: list[tuple[int, list[int]]] = []
-        for plan in plans:
+        extend each live row's tokens and path by what it appended."""
+        expected = chain.from_iterable(p.step.expected for p in plans if p.step is not None)
+        checks = choices.shape[0]
+        verified = np.array(block.verified)
+        firsts = np.cumsum(verified) - verified
+        matched = choices == np.fromiter(expected, np.int64, checks)
+        # A row's first mismatch, or the end of its positions where all match.
+        candidates = np.where(matched, np.repeat(firsts + verified, verified), np.arange(checks))
+        accepted = (np.minimum.reduceat(candidates, firsts) - firsts).tolist()
+        picks = choices.tolist()
+        for plan, base, count in zip(plans, firsts.tolist(), accepted, strict=True):
             assert plan.step is not None
-            row, draft, base = plan.row, plan.step.draft, plan.first
-            accepted = 0
-            while accepted < len(draft) and choices[base + accepted] == draft[accepted]:
-                accepted += 1
+            row, draft = plan.row, plan.step.draft
             row.passes += 1
-            finished = plan.step.ends and accepted == len(draft)
-            fed = accepted - 1 if finished else accepted
-            row.cached += len(row.pending) + fed  # the stop token is verified, never fed
-            appended = list(draft[:accepted])
-            row.logprobs.extend(logprobs[base : base + accepted])
-            if not finished:
-                pick = int(choices[base + accepted])
-                appended.append(pick)
-                row.logprobs.append(logprobs[base + accepted])
+            finished = plan.step.ends and count == len(draft)
+            row.cached += len(row.pending) + count - finished  # a stop is verified, never fed
+            if finished:
+                appended = draft[:count]
+                row.logprobs.extend(logprobs[base : base + count])
+            else:
+                pick = picks[base + count]
+                appended = (*draft[:count], pick)
+                row.logprobs.extend(logprobs[base : base + count + 1])
                 row.pending = [pick]
             row.tokens.extend(appended)
             row.done = finished or appended[-1] == self._stop
             row.done = row.done or len(row.tokens) >= self._max_new_tokens
             if not row.done:
-                row.path = self._memo.child(row.path, tuple(appended))
-                advancing.append((row.index, appended))
-        depth = 0
-        while advancing:  # batched across rows, one token depth at a time
-            matchers.accept([r for r, _ in advancing], [t[depth] for _, t in advancing])
-            depth += 1
-            advancing = [(r, t) for r, t in advancing if depth < len(t)]
+                row.path = self._memo.child(row.path, appended)

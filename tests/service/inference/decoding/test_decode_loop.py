@@ -13,10 +13,17 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import xgrammar as xgr
 from torch.overrides import TorchFunctionMode
 
 from model_store.loading import LoadedModel
-from service.inference.decoding.constrained import GrammarLogitsProcessor, apply_bitmask
+from service.inference.decoding.constrained import (
+    GrammarLogitsProcessor,
+    allowed_ids,
+    allowed_scores,
+    apply_bitmask,
+    masked_scores,
+)
 from service.inference.decoding.florence import EncoderState, Florence2Stepper
 from service.inference.decoding.jump_forward import JumpForwardDecoder
 from service.inference.decoding.kv_slots import SlotCache
@@ -106,7 +113,9 @@ class EncoderUncounted:
 
 
 @pytest.mark.slow
-def test_one_host_read_per_step_and_drafts_from_frontier_and_memo(case_64: Case) -> None:
+def test_one_host_read_per_step_and_drafts_from_frontier_and_memo(
+    case_64: Case, monkeypatch: pytest.MonkeyPatch
+) -> None:
     counter = HostReadCounter()
     decoder = decoder_for(case_64, EncoderUncounted(Florence2Stepper(case_64.model), counter))
     lengths: list[int] = []
@@ -131,11 +140,24 @@ def test_one_host_read_per_step_and_drafts_from_frontier_and_memo(case_64: Case)
     assert lengths
     assert max(lengths) < 60 < longest_text  # drafts never re-tokenize the whole prefix
     calls, misses = len(lengths), decoder._memo.misses
+    built: list[object] = []
+
+    class CountedMatcher(xgr.GrammarMatcher):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            built.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(xgr, "GrammarMatcher", CountedMatcher)
     again = decoder.decode(*inputs)
     assert [r.tokens for r in again] == [r.tokens for r in first]
-    # The same rows again: every step plan from the memo, no tokenizer or grammar work.
+    # The same rows again: every step plan from the memo, no tokenizer or grammar work,
+    # not even a grammar matcher built.
     assert len(lengths) == calls
     assert decoder._memo.misses == misses
+    assert not built
+    decoder._memo = type(decoder._memo)()  # a cold memo: the loop needs its matchers again
+    assert [r.tokens for r in decoder.decode(*inputs)] == [r.tokens for r in first]
+    assert len(built) == len(first)
 
 
 def test_slot_cache_overwrites_rejected_entries_and_sinks_padding() -> None:
@@ -174,3 +196,33 @@ def test_packed_mask_matches_the_bit_by_bit_mask() -> None:
     expected[torch.tensor(bits) == 0] = float("-inf")
     apply_bitmask(logits, bitmask)
     assert torch.equal(logits, expected)
+
+
+def test_allowed_ids_choose_and_score_as_the_vocabulary_mask() -> None:
+    rng = np.random.default_rng(1)
+    vocab, rows = 621, 64
+    words = (vocab + 31) // 32
+    bitmask = np.zeros((rows, words), dtype=np.int32)
+    allowed_sets = [
+        rng.choice(vocab, size=int(rng.integers(1, 40)), replace=False) for _ in range(rows)
+    ]
+    for row, tokens in enumerate(allowed_sets):
+        for token in tokens:
+            bitmask.view(np.uint32)[row, token // 32] |= np.uint32(1 << (token % 32))
+    bitmask[:, -1] |= np.int32(-(2**31))  # bits past the vocabulary are never allowed ids
+    ids, counts = allowed_ids(bitmask, vocab)
+    assert counts.tolist() == [len(s) for s in allowed_sets]
+    bounds = np.concatenate(([0], np.cumsum(counts)))
+    assert all(
+        ids[bounds[r] : bounds[r + 1]].tolist() == sorted(s) for r, s in enumerate(allowed_sets)
+    )
+    # Coarse logits make ties between allowed ids common: both must pick the lowest id.
+    logits = torch.from_numpy(rng.integers(-3, 3, (rows, vocab)).astype(np.float32))
+    width = int(counts.max())
+    grid = np.zeros((rows, width), dtype=np.int64)
+    inside = np.arange(width) < counts[:, None]
+    grid[inside] = ids
+    at, probability = allowed_scores(logits, torch.from_numpy(grid), torch.from_numpy(~inside))
+    choice, logprob = masked_scores(logits.clone(), torch.from_numpy(bitmask))
+    assert grid[np.arange(rows), at.numpy()].tolist() == choice.tolist()
+    np.testing.assert_allclose(np.log(probability.double().numpy()), logprob.numpy(), atol=1e-6)
