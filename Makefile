@@ -47,7 +47,7 @@ run: $(STAMP)
 
 ## The whole test suite (CPU; GPU tests skip themselves without a CUDA device)
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 ## The engine and decoding tests once more, on the lowest supported versions (.venv-min)
 test-min: $(STAMP_MIN)

@@ -9,9 +9,9 @@ import os
 import random
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from PIL import Image
@@ -22,6 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 PHOTOS = SHARED_DATA / "clothing-small" / "test"
 GPT2_RANKS = SHARED_DATA / "tokenizers" / "gpt2.tiktoken"
+T = TypeVar("T")
 
 
 def photo_paths(limit: int | None = None) -> list[Path]:
@@ -95,10 +96,23 @@ def trained_model_dir(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFac
         if not out.is_dir():
             partial = shared / "trained.partial"
             shutil.rmtree(partial, ignore_errors=True)
-            manifest = train_color_demo(demo_model_dir, partial, steps=150)
+            manifest = _one_thread(lambda: train_color_demo(demo_model_dir, partial, steps=150))
             assert manifest.name == TRAINED_MODEL_NAME
             partial.rename(out)
     return out
+
+
+def _one_thread(work: Callable[[], T]) -> T:
+    """``work`` on one torch thread: with the other xdist worker (and the servers some tests
+    start) busy, two spinning OpenMP threads here made a 10 s training take minutes."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return work()
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
@@ -112,3 +126,22 @@ def _restore_torch_threads() -> Iterator[None]:
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() != before:
         torch.set_num_threads(before)
+
+
+#: The files that take a minute or more, longest first. ``make test`` hands whole files to
+#: two xdist workers in collection order (``--no-loadscope-reorder``: xdist's own order,
+#: most tests first, put the three-test Ray file last); one of these started last keeps
+#: one worker busy for minutes after the other has run out of work. Only the order changes: a name
+#: that goes stale just loses its place at the front.
+LONGEST_FIRST = (
+    "tests/model_store/test_demo.py",
+    "tests/service/jobs/test_ray_job.py",
+    "tests/bench/test_peers.py",
+    "tests/bench/test_run.py",
+    "tests/deploy/test_wheelhouse.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {path: index for index, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.partition("::")[0], len(rank)))
