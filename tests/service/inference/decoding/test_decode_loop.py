@@ -18,7 +18,6 @@ from torch.overrides import TorchFunctionMode
 
 from model_store.loading import LoadedModel
 from service.inference.decoding.constrained import (
-    GrammarLogitsProcessor,
     allowed_ids,
     allowed_scores,
     apply_bitmask,
@@ -49,28 +48,10 @@ def decoder_for(case: Case, stepper: Any = None) -> JumpForwardDecoder:
     )  # fmt: skip
 
 
-def constrained_generate(case: Case, index: slice) -> tuple[list[list[int]], list[list[float]]]:
-    """Tokens and log-probabilities of constrained ``generate`` in one call (the batch-8
-    oracle checks this processor against xgrammar's own)."""
-    ids, mask, pixels = case.rows(index)
-    processor = GrammarLogitsProcessor(case.grammar, len(ids), torch.device("cpu"))
-    with torch.inference_mode():
-        sequences = case.model.generate(
-            input_ids=ids, attention_mask=mask, pixel_values=pixels,
-            decoder_input_ids=torch.tensor([[2, 0]]).expand(len(ids), -1),
-            num_beams=1, do_sample=False, no_repeat_ngram_size=0,
-            max_new_tokens=MAX_NEW_TOKENS - 1, forced_eos_token_id=None,
-            logits_processor=[processor],
-        )  # fmt: skip
-    processor.finish(sequences)
-    rows = [row[1:] for row in sequences.tolist()]
-    return [row[: row.index(2) + 1] if 2 in row else row for row in rows], processor.logprobs
-
-
 @pytest.mark.slow
 def test_batch_of_64_matches_constrained_generate(case_64: Case) -> None:
     everything = slice(0, 64)
-    expected, logprobs = constrained_generate(case_64, everything)
+    expected, logprobs = case_64.constrained(everything)
     got = decoder_for(case_64).decode(*case_64.rows(everything))
     assert len({len(r) for r in expected}) >= 3, "rows must finish at different steps"
     assert [row.tokens for row in got] == expected

@@ -74,7 +74,9 @@ class Case:
         )  # fmt: skip
         return decoder.decode(*self.rows(index))
 
-    def constrained_logprobs(self, index: slice) -> list[list[float]]:
+    def constrained(self, index: slice) -> tuple[list[list[int]], list[list[float]]]:
+        """Tokens (after the decoder start, up to ``</s>``) and log-probabilities of
+        constrained ``generate``, in one call."""
         ids, mask, pixels = self.rows(index)
         processor = GrammarLogitsProcessor(self.grammar, len(ids), CPU)
         with torch.inference_mode():
@@ -86,7 +88,11 @@ class Case:
                 logits_processor=[processor],
             )  # fmt: skip
         processor.finish(sequences)
-        return processor.logprobs
+        rows = [row[1:] for row in sequences.tolist()]
+        return [row[: row.index(2) + 1] if 2 in row else row for row in rows], processor.logprobs
+
+    def constrained_logprobs(self, index: slice) -> list[list[float]]:
+        return self.constrained(index)[1]
 
 
 def random_inputs(seed: int) -> list[np.ndarray[Any, Any]]:
