@@ -114,11 +114,10 @@ def block_width(lengths: list[int], least: int) -> int:
     whose padding fills at most :data:`MAX_PADDING_SHARE` of the (rows x width) grid, and
     never below ``least`` (the widest head of committed tokens, which cannot be cut).
 
-    On CPU a decoder pass costs about in proportion to the positions it computes, padding
-    included, so a few rows with a long forced run must not widen every row's block.
-    Cutting a row's draft costs it no correctness (the draft is a guess the model
-    verifies) and often no pass either: forced runs are where rows fall out of step with
-    each other (one value takes a token more than another), and a cut row feeds the rest
+    A pass costs in part in proportion to the positions it computes, padding included, so
+    a few rows' long forced run must not widen every row's block. A cut draft changes no
+    output (drafts are guesses the model verifies) and often costs no pass: rows fall out
+    of step where one value takes a token more than another, and a cut row feeds the rest
     of its run next step, beside the others' runs, which brings the batch back in step.
     """
     widest = max(lengths)
