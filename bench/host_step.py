@@ -109,11 +109,13 @@ class HostTimer:
         self.once(batch)  # warm-up: first shapes pay for allocation
         wall: list[float] = []
         cpu: list[float] = []
+        positions: list[float] = []
         steps = 0
         for repeat in range(repeats):
             host_wall, host_cpu, steps = self.once(batch, start=repeat * batch)
             wall.append(host_wall * 1000.0 / steps)
             cpu.append(host_cpu * 1000.0 / steps)
+            positions.append(self.decoder.last_positions / batch)
         return {
             "batch_size": batch,
             "host_ms_per_step": statistics.median(cpu),
@@ -121,6 +123,9 @@ class HostTimer:
             "min_wall_ms": min(wall),
             "max_wall_ms": max(wall),
             "steps": steps,
+            # Decoder positions computed per image, padding included (plain greedy: one
+            # per token); the same images give the same figure, so the median is exact.
+            "positions_per_image": statistics.median(positions),
             "repeats": repeats,
         }
 
@@ -140,14 +145,14 @@ def host_rows(model_dir: Path, batch_sizes: Sequence[int], repeats: int) -> list
 def markdown(rows: Sequence[dict[str, float]]) -> str:
     lines = [
         "| batch | host CPU ms/step (median) | host wall ms/step (median, min-max) | decoder "
-        "steps | repeats |",
-        "|---|---|---|---|---|",
+        "steps | positions per image | repeats |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['batch_size']:.0f} | {r['host_ms_per_step']:.3f} | "
             f"{r['wall_ms_per_step']:.3f} ({r['min_wall_ms']:.3f}-{r['max_wall_ms']:.3f}) | "
-            f"{r['steps']:.0f} | {r['repeats']:.0f} |"
+            f"{r['steps']:.0f} | {r['positions_per_image']:.1f} | {r['repeats']:.0f} |"
         )
     return "\n".join(lines)
 

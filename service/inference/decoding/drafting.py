@@ -104,6 +104,16 @@ class StepPlan:
     def nbytes(self) -> int:
         return int(self.allowed.nbytes + self.counts.nbytes)
 
+    def cut(self, fed: int) -> StepPlan:
+        """This plan feeding only its first ``fed`` draft tokens: the allowed tokens of a
+        position depend only on the tokens before it, so they are a prefix of this plan's,
+        and the model's pick is taken after the last fed token (no forced stop left)."""
+        if fed >= len(self.fed):
+            return self
+        counts = self.counts[: fed + 1]
+        allowed = self.allowed[: int(counts.sum())]
+        return StepPlan.of(self.draft[:fed], allowed, counts, ends=False)
+
 
 class StepMemo:
     """Step plans by path, so that the grammar work of a step is done once per distinct

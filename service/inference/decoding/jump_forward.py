@@ -14,8 +14,10 @@ One step, in order, and what overlaps (on CUDA, where kernel launches return at 
 
 1. host: each row's step plan from the memo, by its token path (:class:`.StepMemo`); for
    a miss, its matcher is caught up with the tokens the row appended since it was last
-   used, and its forced string and draft computed; the block's inputs are written into
-   one pinned host buffer (numpy over all rows at once, no per-row copies);
+   used, and its forced string and draft computed; the step's block width is chosen so
+   that padding fills at most half the grid (:func:`block_width`: the rows with a longer
+   draft feed only its start, and the rest next step); the block's inputs are written
+   into one pinned host buffer (numpy over all rows at once, no per-row copies);
 2. one non-blocking host-to-device copy of that buffer; the decoder block is queued;
 3. host, **while the device runs the block**: for memo misses, xgrammar fills the
    verification masks (one per draft position, batched across rows), walking each
@@ -43,7 +45,7 @@ import operator
 import threading
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import torch
@@ -79,11 +81,16 @@ class _Row:
 
 @dataclass(slots=True)
 class _Plan:
-    """One row's part of a step: what it feeds (``len(fed) + 1`` positions verify it)."""
+    """One row's part of a step: what it feeds (``len(fed) + 1`` positions verify it).
+    The memoized plan is always the whole draft's; a cut step uses a prefix of it."""
 
     row: _Row
-    fed: tuple[int, ...]  # the draft without a forced stop token (that one is verified, not fed)
+    draft: tuple[int, ...]  # the draft without a forced stop token (that one is verified only)
     step: StepPlan | None  # None until a memo miss is explored, after the block's launch
+    fed: tuple[int, ...] = ()  # what this step feeds of ``draft``: all of it, or a prefix
+
+    def __post_init__(self) -> None:
+        self.fed = self.draft
 
 
 @dataclass(slots=True)
@@ -96,6 +103,32 @@ class _Block:
     gather: torch.Tensor  # (checks,) flat B * W index of every verified position
     length: int  # cache entries the block reaches
     verified: list[int]  # each row's verified positions (its rows of logits): len(fed) + 1
+
+
+#: The most of a step's (rows x width) grid that padding may fill: wider rows are cut.
+MAX_PADDING_SHARE: Final = 0.5
+
+
+def block_width(lengths: list[int], least: int) -> int:
+    """This step's block width for rows that would feed ``lengths`` positions: the widest
+    whose padding fills at most :data:`MAX_PADDING_SHARE` of the (rows x width) grid, and
+    never below ``least`` (the widest head of committed tokens, which cannot be cut).
+
+    A pass costs in part in proportion to the positions it computes, padding included, so
+    a few rows' long forced run must not widen every row's block. A cut draft changes no
+    output (drafts are guesses the model verifies) and often costs no pass: rows fall out
+    of step where one value takes a token more than another, and a cut row feeds the rest
+    of its run next step, beside the others' runs, which brings the batch back in step.
+    """
+    widest = max(lengths)
+    if widest == min(lengths):
+        return widest
+    batch = len(lengths)
+    for width in sorted({length for length in lengths if length > least}, reverse=True):
+        padding = batch * width - sum(min(length, width) for length in lengths)
+        if padding <= MAX_PADDING_SHARE * batch * width:
+            return width
+    return least
 
 
 class JumpForwardDecoder:
@@ -133,7 +166,9 @@ class JumpForwardDecoder:
         self._padding = HostBuffer(np.bool_)
         self._survivors = HostBuffer(np.int64)
         self._lock = threading.Lock()
-        self.last_steps = 0  # forward passes of the last decode() call, for benchmarks
+        # Of the last decode() call, for tests and benchmarks: its forward passes, the
+        # positions they fed (rows x block width, padding included), the drafts cut.
+        self.last_steps = self.last_positions = self.last_cuts = 0
 
     def decode(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
@@ -151,16 +186,22 @@ class JumpForwardDecoder:
         matchers = RowMatchers(self._grammar, batch, device)
         rows = [_Row(i, [self._bos], [self._start, self._bos]) for i in range(batch)]
         live = list(rows)  # the rows in KV-cache batch order; finished rows leave the cache
-        self.last_steps = 0
+        self.last_steps = self.last_positions = self.last_cuts = 0
         while live:
             plans = self._plan(matchers, live)
+            self._cap(plans)
             block = self._block(plans, device)
             hidden = self._stepper.decode(
                 cache, encoder, block.tokens, block.slots, block.offsets, block.length
             )
             self.last_steps += 1
+            self.last_positions += block.tokens.numel()
             # On CUDA the block is still running: the grammar work for memo misses overlaps it.
             self._explore(matchers, [plan for plan in plans if plan.step is None])
+            for plan in plans:
+                if len(plan.fed) < len(plan.draft):
+                    assert plan.step is not None
+                    plan.step = plan.step.cut(len(plan.fed))
             ids, allowed, padding = self._allowed_ids(plans, device)
             logits = self._stepper.logits(hidden.flatten(0, 1).index_select(0, block.gather))
             at, probability = allowed_scores(logits, allowed, padding)
@@ -216,6 +257,17 @@ class JumpForwardDecoder:
             drafts.append(draft)
         return drafts
 
+    def _cap(self, plans: list[_Plan]) -> None:
+        """Cut the drafts of rows whose block would be wider than this step's width."""
+        heads = [len(p.row.pending) for p in plans]
+        lengths = [head + len(p.draft) for head, p in zip(heads, plans, strict=True)]
+        width = block_width(lengths, max(heads))
+        if width < max(lengths):
+            for plan, head, length in zip(plans, heads, lengths, strict=True):
+                if length > width:
+                    plan.fed = plan.draft[: width - head]
+                    self.last_cuts += 1
+
     def _block(self, plans: list[_Plan], device: torch.device) -> _Block:
         """This step's inputs, assembled on the host for all rows at once and copied once,
         without blocking. Each row's block is a prefix of its row of the (B, W) grid, so
@@ -262,7 +314,7 @@ class JumpForwardDecoder:
         grammar gets the stop token appended, as its mask allows nothing else."""
         if not plans:
             return
-        firsts = np.cumsum([0] + [len(p.fed) + 1 for p in plans])
+        firsts = np.cumsum([0] + [len(p.draft) + 1 for p in plans])
         scratch = np.empty((int(firsts[-1]), self._stop_only.shape[0]), dtype=np.int32)
         bitmask = torch.from_numpy(scratch)
         walking = list(range(len(plans)))
@@ -270,14 +322,14 @@ class JumpForwardDecoder:
         while walking:
             matchers.fill([plans[w].row.index for w in walking],
                           [int(firsts[w]) + depth for w in walking], bitmask)  # fmt: skip
-            walking = [w for w in walking if depth < len(plans[w].fed)]
+            walking = [w for w in walking if depth < len(plans[w].draft)]
             matchers.accept([plans[w].row.index for w in walking],
-                            [plans[w].fed[depth] for w in walking])  # fmt: skip
+                            [plans[w].draft[depth] for w in walking])  # fmt: skip
             depth += 1
         ids, counts = allowed_ids(scratch, self._grammar.vocab_size)
         bounds = np.concatenate(([0], np.cumsum(counts)))
         for w, plan in enumerate(plans):
-            row, draft = plan.row, plan.fed
+            row, draft = plan.row, plan.draft
             low, high = int(firsts[w]), int(firsts[w + 1])
             matcher = matchers.matcher(row.index)
             room = self._max_new_tokens - len(row.tokens) - len(draft)

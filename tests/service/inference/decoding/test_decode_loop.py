@@ -23,8 +23,9 @@ from service.inference.decoding.constrained import (
     apply_bitmask,
     masked_scores,
 )
+from service.inference.decoding.drafting import StepPlan
 from service.inference.decoding.florence import EncoderState, Florence2Stepper
-from service.inference.decoding.jump_forward import JumpForwardDecoder
+from service.inference.decoding.jump_forward import JumpForwardDecoder, block_width
 from service.inference.decoding.kv_slots import SlotCache
 from tests.service.inference.decoding.test_jump_forward import MAX_NEW_TOKENS, Case
 from tests.service.inference.decoding.test_property import random_image
@@ -52,8 +53,10 @@ def decoder_for(case: Case, stepper: Any = None) -> JumpForwardDecoder:
 def test_batch_of_64_matches_constrained_generate(case_64: Case) -> None:
     everything = slice(0, 64)
     expected, logprobs = case_64.constrained(everything)
-    got = decoder_for(case_64).decode(*case_64.rows(everything))
+    decoder = decoder_for(case_64)
+    got = decoder.decode(*case_64.rows(everything))
     assert len({len(r) for r in expected}) >= 3, "rows must finish at different steps"
+    assert decoder.last_cuts > 0, "some steps must cut long drafts to a narrower block"
     assert [row.tokens for row in got] == expected
     for row, reference in zip(got, logprobs, strict=True):
         np.testing.assert_allclose(row.logprobs, reference[: len(row.tokens) - 1], atol=1e-6)
@@ -207,3 +210,31 @@ def test_allowed_ids_choose_and_score_as_the_vocabulary_mask() -> None:
     choice, logprob = masked_scores(logits.clone(), torch.from_numpy(bitmask))
     assert grid[np.arange(rows), at.numpy()].tolist() == choice.tolist()
     np.testing.assert_allclose(np.log(probability.double().numpy()), logprob.numpy(), atol=1e-6)
+
+
+def test_block_width_keeps_padding_under_half_the_grid() -> None:
+    assert block_width([3, 3, 3], least=1) == 3  # no padding: nothing to cut
+    # 43 rows choose a value (1 position) while 21 feed a 7-token key: 58% padding at 7.
+    assert block_width([1] * 43 + [7] * 21, least=1) == 1
+    assert block_width([1] * 21 + [7] * 43, least=1) == 7  # 28% padding: kept
+    assert block_width([1, 2, 2, 9], least=1) == 2  # 9 would be 61% padding, 2 is 12%
+    assert block_width([2, 2, 9, 9], least=2) == 9  # exactly half
+    assert block_width([2, 2, 2, 9], least=2) == 2  # never below the widest head
+    for lengths in ([1] * 43 + [7] * 21, [1, 5, 5, 6], [2, 3, 9, 9, 9, 1]):
+        width = block_width(lengths, least=1)
+        padding = len(lengths) * width - sum(min(n, width) for n in lengths)
+        assert padding <= len(lengths) * width / 2
+
+
+def test_cut_step_plan_is_a_prefix_of_the_whole_one() -> None:
+    counts = np.array([1, 2, 1, 3])
+    allowed = np.array([5, 6, 7, 8, 9, 10, 11])
+    ends = StepPlan.of((5, 7, 8, 2), allowed, counts, ends=True)  # the stop is verified only
+    assert ends.fed == (5, 7, 8)
+    cut = ends.cut(1)
+    assert (cut.draft, cut.fed, cut.expected, cut.ends) == ((5,), (5,), (5, -1), False)
+    assert cut.counts.tolist() == [1, 2]
+    assert cut.allowed.tolist() == [5, 6, 7]
+    assert cut.widest == 2
+    assert ends.cut(3) is ends
+    assert ends.cut(0).expected == (-1,)
