@@ -142,6 +142,16 @@ LONGEST_FIRST = (
 )
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """One torch thread per xdist worker: two workers of two OpenMP threads each on two
+    cores spin against each other (a 23 s test file took 150 s in the full run). The
+    collected test modules have imported torch by now; servers the tests start as
+    subprocesses keep their own settings."""
+    torch = sys.modules.get("torch")
+    if os.environ.get("PYTEST_XDIST_WORKER") and torch is not None:
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {path: index for index, path in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.partition("::")[0], len(rank)))
