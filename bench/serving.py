@@ -64,7 +64,7 @@ class SuitePlan:
 
     @classmethod
     def quick(cls) -> SuitePlan:
-        return cls((1, 8), (1, 8), (0.5,), 3.0, 300, 8, (1, 8))
+        return cls((1, 8), (1, 8), (0.5,), 1.5, 300, 8, (1, 8))
 
 
 def measure_ours(
