@@ -23,7 +23,7 @@ import io
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -157,23 +157,36 @@ def markdown(rows: Sequence[dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+Rows = list[dict[str, float]]
+
+
+def run_per_batch_size_cli(
+    doc: str | None,
+    measure_rows: Callable[[Path, Sequence[int], int], Rows],
+    to_markdown: Callable[[Sequence[dict[str, float]]], str],
+    default_batch_sizes: Sequence[int],
+) -> int:
+    """The command line both per-batch-size CPU benchmarks share: a model (the trained demo
+    built in a temporary folder unless ``--model-dir``), batch sizes, repeats, threads."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model-dir", type=Path, default=None, help="default: trained demo")
-    parser.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)))
+    parser.add_argument("--batch-sizes", default=",".join(map(str, default_batch_sizes)))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
-    with tempfile.TemporaryDirectory(prefix="ff-bench-host-") as work:
+    with tempfile.TemporaryDirectory(prefix="ff-bench-") as work:
         model_dir = args.model_dir or prepare_model(Path(work))
-        rows = measure(model_dir, sizes, args.repeats)
-    print(markdown(rows))
+        print(to_markdown(measure_rows(model_dir, sizes, args.repeats)))
     return 0
+
+
+def main() -> int:
+    return run_per_batch_size_cli(__doc__, measure, markdown, DEFAULT_BATCH_SIZES)
 
 
 if __name__ == "__main__":

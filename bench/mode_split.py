@@ -16,19 +16,15 @@ ratio any decode loop could reach: plain's batch time over the encoders' alone.
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
-import torch
-
+from bench.host_step import run_per_batch_size_cli
 from bench.load import payloads
-from bench.models import prepare_model
 from bench.offline import engines_for, load, prepare_images
 from service.inference.decoding import jump_forward
 from service.inference.decoding.decoders import DecodingMode
@@ -115,21 +111,7 @@ def markdown(rows: Sequence[dict[str, float]]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model-dir", type=Path, default=None, help="default: trained demo")
-    parser.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)))
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
-    with tempfile.TemporaryDirectory(prefix="ff-bench-split-") as work:
-        model_dir = args.model_dir or prepare_model(Path(work))
-        print(markdown(measure(model_dir, sizes, args.repeats)))
-    return 0
+    return run_per_batch_size_cli(__doc__, measure, markdown, DEFAULT_BATCH_SIZES)
 
 
 if __name__ == "__main__":

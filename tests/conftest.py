@@ -9,9 +9,9 @@ import os
 import random
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -22,7 +22,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 PHOTOS = SHARED_DATA / "clothing-small" / "test"
 GPT2_RANKS = SHARED_DATA / "tokenizers" / "gpt2.tiktoken"
-T = TypeVar("T")
 
 
 def photo_paths(limit: int | None = None) -> list[Path]:
@@ -96,23 +95,10 @@ def trained_model_dir(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFac
         if not out.is_dir():
             partial = shared / "trained.partial"
             shutil.rmtree(partial, ignore_errors=True)
-            manifest = _one_thread(lambda: train_color_demo(demo_model_dir, partial, steps=150))
+            manifest = train_color_demo(demo_model_dir, partial, steps=150)
             assert manifest.name == TRAINED_MODEL_NAME
             partial.rename(out)
     return out
-
-
-def _one_thread(work: Callable[[], T]) -> T:
-    """``work`` on one torch thread: with the other xdist worker (and the servers some tests
-    start) busy, two spinning OpenMP threads here made a 10 s training take minutes."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return work()
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
