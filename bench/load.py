@@ -22,6 +22,8 @@ import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import zip_longest
+from pathlib import Path
 from typing import Any, Protocol
 
 from bench.rawhttp import RawConnection, encode_upload
@@ -73,6 +75,16 @@ def payloads(count: int, *, size: int = 256, seed: int = 42) -> list[bytes]:
         block_garment(colors[index % len(colors)], rng, size=size).save(buffer, "JPEG", quality=90)
         out.append(buffer.getvalue())
     return out
+
+
+def photo_payloads(root: Path, count: int) -> list[bytes]:
+    """The first ``count`` photos of ``root/<class>/*.jpg``, taken from the class folders in
+    turn (so every class is in the mix), as stored: real photos as request bodies."""
+    folders = [sorted(d.glob("*.jpg")) for d in sorted(root.iterdir()) if d.is_dir()]
+    ordered = [path for rank in zip_longest(*folders) for path in rank if path is not None]
+    if not ordered:
+        raise ValueError(f"no photos under {root}/<class>/*.jpg")
+    return [path.read_bytes() for path in ordered[:count]]
 
 
 _TRANSPORT_ERRORS = (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError)

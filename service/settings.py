@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         "in tokens (216 for schema v1: a token per byte, plus <s> and </s>).",
     )  # fmt: skip
     verify_checksums: bool = True
+    engine_process: bool = Field(
+        default=False,
+        description="Run the engine in a process of its own, fed through shared memory, so "
+        "its decode loop does not share the GIL with HTTP and image decoding.",
+    )
 
     # Decoding
     constrained_decoding: bool = Field(

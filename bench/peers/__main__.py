@@ -2,6 +2,7 @@
 
     python -m bench.peers --install            # the peers' venvs (.venv-peers/), pinned
     python -m bench.peers [--quick] [--model-dir DIR] [--out JSON] [--no-plots]
+        [--parts same,users] [--photos DIR]
 
 1. Same engine: our engine (demo model, jump-forward, batch 16, the service's thread
    count) served by us, LitServe, Ray Serve and BentoML (PyTriton: see its row); closed
@@ -14,7 +15,9 @@
 Prints Markdown tables, writes the plots to docs/img/ and everything to JSON; the last
 two lines are ``vs best peer (same engine): <ratio>`` and ``vs best peer (as written by
 users): <ratio>`` (ours over the best peer; the ratio of medians at 32 clients, 16 in
-``--quick``). A peer that is not installed or does not start is a row saying why.
+``--quick``). ``--photos DIR`` sends real photos (``DIR/<class>/*.jpg``, classes in turn)
+instead of the synthetic garments; ``--parts users`` runs the second part alone, with our
+server measured beside the peers. A peer that is not installed or does not start is a row saying why.
 Servers listen on 127.0.0.1 only. Bounded: about 13 minutes on 2 cores; --quick, one
 short point per server.
 """
@@ -29,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from bench.load import payloads
+from bench.load import payloads, photo_payloads
 from bench.models import prepare_model
 from bench.peers import report
 from bench.peers.behaviour import behaviour_rows
@@ -49,6 +52,8 @@ RESULTS: Final = Path(__file__).resolve().parents[1] / "results" / "peers.json"
 
 def same_engine(model_dir: Path, images: list[bytes], quick: bool) -> list[Row]:
     starters: dict[str, Starter] = {"ours": lambda: start_ours(model_dir)}
+    if not quick:  # the ablation: our engine in its own process (tested on its own)
+        starters["ours-engine-process"] = lambda: start_ours(model_dir, engine_process=True)
     for peer in SAME_ENGINE_PEERS:
         starters[peer] = functools.partial(STARTERS[peer], model_dir, "same")
     plan = LoadPlan.quick() if quick else LoadPlan()
@@ -60,11 +65,15 @@ def same_engine(model_dir: Path, images: list[bytes], quick: bool) -> list[Row]:
     return alternating(starters, images, plan, behaviour)
 
 
-def as_users_write_it(model_dir: Path, images: list[bytes], quick: bool) -> list[Row]:
+def as_users_write_it(
+    model_dir: Path, images: list[bytes], quick: bool, *, with_ours: bool
+) -> list[Row]:
+    """``with_ours``: measure our server in this part too (when the same-engine part, which
+    otherwise gives our figure, is not run)."""
     peers = ("litserve",) if quick else SAME_ENGINE_PEERS
-    starters: dict[str, Starter] = {
-        peer: functools.partial(STARTERS[peer], model_dir, "users") for peer in peers
-    }
+    starters: dict[str, Starter] = {"ours": lambda: start_ours(model_dir)} if with_ours else {}
+    for peer in peers:
+        starters[peer] = functools.partial(STARTERS[peer], model_dir, "users")
     if not quick:  # the floor; bench.run's quick test already starts the paper demo
         starters["paper-demo"] = lambda: start_paper_demo(model_dir)
     base = LoadPlan.quick() if quick else LoadPlan()
@@ -82,7 +91,11 @@ def summarize(same: list[Row], users: list[Row], clients: int) -> Row:
     peers = [p for p in SAME_ENGINE_PEERS if any(r["server"] == p and "closed" in r for r in same)]
     ours = median_at(same, "ours", clients, "img_s")
     ours_valid = median_at(same, "ours", clients, "valid_per_s")
-    user_peers = [r["server"] for r in users if "closed" in r and r["server"] != "paper-demo"]
+    if ours_valid is None:  # the users part ran alone and measured ours itself
+        ours_valid = median_at(users, "ours", clients, "valid_per_s")
+    user_peers = [
+        r["server"] for r in users if "closed" in r and r["server"] not in ("ours", "paper-demo")
+    ]
     return {
         "clients": clients,
         "ours_img_s": ours,
@@ -92,6 +105,12 @@ def summarize(same: list[Row], users: list[Row], clients: int) -> Row:
         "users": {p: median_at(users, p, clients, "valid_per_s") for p in
                   [*user_peers, "paper-demo"]},
         "vs_same_engine": ratio(ours, [median_at(same, p, clients, "img_s") for p in peers]),
+        "engine_process": {
+            "img_s": median_at(same, "ours-engine-process", clients, "img_s"),
+            "p99_ms": median_at(same, "ours-engine-process", clients, "p99_ms"),
+            "vs_same_engine": ratio(median_at(same, "ours-engine-process", clients, "img_s"),
+                                    [median_at(same, p, clients, "img_s") for p in peers]),
+        },
         "vs_users": ratio(ours_valid, [median_at(users, p, clients, "valid_per_s")
                                        for p in user_peers]),
         "vs_paper_demo": ratio(ours_valid, [median_at(users, "paper-demo", clients,
@@ -106,7 +125,8 @@ def fmt(value: float | None) -> str:
 def render(result: Row) -> str:
     same, users, s = result["same_engine"], result["users"], result["summary"]
     return "\n".join([
-        f"machine: {result['machine']}", f"wall time: {result['wall_s']:.0f} s", "",
+        f"machine: {result['machine']}", f"wall time: {result['wall_s']:.0f} s",
+        f"payloads: {result['payloads']}", "",
         "## Same engine: closed loop", "", report.closed_table(same), "",
         "## Same engine: open loop (0.9x and 3x each server's own saturation)", "",
         report.open_table(same), "",
@@ -116,6 +136,8 @@ def render(result: Row) -> str:
         "## As users would write it (processor + generate, no grammar; paper demo = floor)", "",
         report.closed_table(users), "",
         f"summary: {json.dumps(s)}",
+        "ablation, our engine in its own process (FF_ENGINE_PROCESS=true): "
+        f"vs best peer {fmt(s['engine_process']['vs_same_engine'])}",
         f"vs best peer (same engine): {fmt(s['vs_same_engine'])}",
         f"vs best peer (as written by users): {fmt(s['vs_users'])}",
     ])  # fmt: skip
@@ -130,6 +152,8 @@ def main() -> int:
     parser.add_argument("--model-dir", type=Path, default=None, help="skip building the model")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--parts", default="same,users", help="same, users or both")
+    parser.add_argument("--photos", type=Path, default=None, help="real photos as payloads")
     args = parser.parse_args()
     if args.install:
         for peer, state in install_all(PEERS).items():
@@ -137,23 +161,31 @@ def main() -> int:
         return 0
     from bench.offline import machine_line
 
+    parts = {part.strip() for part in args.parts.split(",") if part.strip()}
+    if not parts or parts - {"same", "users"}:
+        parser.error(f"--parts: 'same', 'users' or both, not {args.parts!r}")
     started = time.perf_counter()
-    images = payloads(64)
+    images = photo_payloads(args.photos, 64) if args.photos else payloads(64)
     with tempfile.TemporaryDirectory(prefix="ff-peers-") as work:
         model_dir = args.model_dir or prepare_model(Path(work))
-        same = same_engine(model_dir, images, args.quick)
-        users = as_users_write_it(model_dir, images, args.quick)
+        same = same_engine(model_dir, images, args.quick) if "same" in parts else []
+        users = (
+            as_users_write_it(model_dir, images, args.quick, with_ours="same" not in parts)
+            if "users" in parts
+            else []
+        )
     clients = LoadPlan.quick().concurrencies[0] if args.quick else 32
     result: dict[str, Any] = {
         "machine": machine_line(),
         "quick": args.quick,
+        "payloads": str(args.photos) if args.photos else "synthetic garments (bench.load)",
         "wall_s": time.perf_counter() - started,
         "same_engine": same,
         "users": users,
         "pytriton": PYTRITON_REASON,
         "summary": summarize(same, users, clients),
     }
-    if not args.no_plots:
+    if not args.no_plots and same:
         # A quick run's figures are a smoke test: its plots go next to its JSON.
         where = args.out.parent if args.quick else report.IMG_DIR
         result["plots"] = [

@@ -134,9 +134,13 @@ def _count_file(name: str) -> Path:
     return Path(path)
 
 
-def start_ours(model_dir: Path) -> Served:
-    handle = spawn_service(model_dir, timeout_s=START_TIMEOUT_S)
-    return Served("ours", handle, f"{handle.base_url}/metrics", ok_means_valid=True)
+def start_ours(model_dir: Path, *, engine_process: bool = False) -> Served:
+    """Our service; ``engine_process``: the ablation with the engine in its own process
+    (``FF_ENGINE_PROCESS``), named ``ours-engine-process``."""
+    env = {"FF_ENGINE_PROCESS": "true"} if engine_process else {}
+    handle = spawn_service(model_dir, env, timeout_s=START_TIMEOUT_S)
+    name = "ours-engine-process" if engine_process else "ours"
+    return Served(name, handle, f"{handle.base_url}/metrics", ok_means_valid=True)
 
 
 def start_litserve(model_dir: Path, style: str = "same") -> Served:

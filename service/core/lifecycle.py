@@ -47,6 +47,10 @@ class Phase(StrEnum):
 
 
 def load_real_engine(settings: Settings) -> InferenceBackend:
+    if settings.engine_process:  # torch is then imported in the engine's process only
+        separate = importlib.import_module("service.inference.engine_process")
+        started: InferenceBackend = separate.start_engine_process(settings)
+        return started
     # Imported here so HTTP-only code paths (and their tests) never import torch.
     engine = importlib.import_module("service.inference.engine")
     backend: InferenceBackend = engine.load_engine(settings)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from PIL import Image
 
@@ -208,13 +209,41 @@ class FlorenceEngine:
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
 
+    @property
+    def resize_spec(self) -> tuple[int, int] | None:
+        """(side, PIL resampling filter) of the plain transform, or None when the processor
+        is not plain: what another process needs to resize images for :meth:`run_pixels`."""
+        if self._transform is None:
+            return None
+        return self._transform.size, int(self._transform.resample)
+
     def run_batch(self, images: Sequence[PreparedImage]) -> list[ItemOutcome]:
         """One batch. Device OOM is raised as DeviceOutOfMemoryError (the service splits and
         retries); an error that leaves the CUDA context unusable as DeviceFatalError."""
         if not images:
             return []
+        return self._guarded(len(images), lambda: self._generate(self.pixel_values(images)))
+
+    def run_pixels(self, pixels: npt.NDArray[np.uint8]) -> list[ItemOutcome]:
+        """One batch of resized RGB pixels (B x H x W x 3 uint8, e.g. a view of memory another
+        process wrote), normalized here; errors as :meth:`run_batch`. Needs ``resize_spec``."""
+        if self._transform is None:
+            raise ValueError("run_pixels needs a plain image processor (see resize_spec)")
+        if not len(pixels):
+            return []
+        transform = self._transform
+
+        def normalized() -> torch.Tensor:
+            batch = torch.from_numpy(pixels)  # no copy: the caller's memory, read in place
+            if self._device.type == "cuda":
+                batch = batch.to(self._device)
+            return transform.normalize_batch(batch, self._dtype)
+
+        return self._guarded(len(pixels), lambda: self._generate(normalized()))
+
+    def _guarded(self, size: int, run: Callable[[], list[ItemOutcome]]) -> list[ItemOutcome]:
         try:
-            return self._generate(images)
+            return run()
         except RuntimeError as exc:  # torch.OutOfMemoryError is one too
             if self._device.type == "cuda" and is_sticky_cuda_error(exc):
                 raise DeviceFatalError(str(exc)) from exc
@@ -224,7 +253,7 @@ class FlorenceEngine:
         # traceback would pin the batch's tensors and the retry would run out of memory again.
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
-        raise DeviceOutOfMemoryError(f"a batch of {len(images)} did not fit on {self._device}")
+        raise DeviceOutOfMemoryError(f"a batch of {size} did not fit on {self._device}")
 
     def pixel_values(self, images: Sequence[PreparedImage]) -> torch.Tensor:
         """The model's ``pixel_values`` (B x 3 x H x W, model dtype, on the device)."""
@@ -241,9 +270,8 @@ class FlorenceEngine:
         return batch.to(dtype=self._dtype)
 
     @torch.inference_mode()
-    def _generate(self, images: Sequence[PreparedImage]) -> list[ItemOutcome]:
-        pixel_values = self.pixel_values(images)
-        input_ids = self._prompt_ids.unsqueeze(0).expand(len(images), -1)
+    def _generate(self, pixel_values: torch.Tensor) -> list[ItemOutcome]:
+        input_ids = self._prompt_ids.unsqueeze(0).expand(len(pixel_values), -1)
         decoded = self._decoder.decode(input_ids, torch.ones_like(input_ids), pixel_values)
         return [self._outcome(d.tokens, d.logprobs) for d in decoded]
 

@@ -40,7 +40,7 @@ class PlainTransform:
         self, size: int, resample: int, scale: float, mean: Sequence[float], std: Sequence[float]
     ) -> None:
         self.size = size
-        self._resample = Image.Resampling(resample)
+        self.resample = Image.Resampling(resample)
         self._scale = np.float32(scale)
         self._mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
         self._std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
@@ -70,7 +70,7 @@ class PlainTransform:
     def resize(self, image: Image.Image) -> npt.NDArray[np.uint8]:
         """The resized RGB pixels, H x W x 3 uint8: what the CUDA path ships to the GPU."""
         rgb = image if image.mode == "RGB" else image.convert("RGB")
-        return np.asarray(rgb.resize((self.size, self.size), self._resample), dtype=np.uint8)
+        return np.asarray(rgb.resize((self.size, self.size), self.resample), dtype=np.uint8)
 
     def __call__(self, image: Image.Image) -> npt.NDArray[np.float32]:
         """Resized and normalized, 3 x H x W float32: the CPU path's prepared image."""

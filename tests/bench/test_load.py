@@ -8,11 +8,12 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
 from bench.baselines import spawn_bare
-from bench.load import closed_loop, open_loop, payloads
+from bench.load import closed_loop, open_loop, payloads, photo_payloads
 from bench.rawhttp import RawConnection, encode_upload
 
 pytestmark = pytest.mark.load
@@ -118,3 +119,20 @@ def test_closed_loop_against_real_uvicorn() -> None:
         tally = asyncio.run(closed_loop(handle.base_url, payloads(4), 4, 40, 20.0))
     assert tally.sent == tally.by_status[200] == 40
     assert tally.transport_errors == 0
+
+
+def test_photo_payloads_take_the_class_folders_in_turn(tmp_path: Path) -> None:
+    for folder, names in {"b": ["1", "2", "3"], "a": ["1"], "c": ["1", "2"]}.items():
+        (tmp_path / folder).mkdir()
+        for name in names:
+            (tmp_path / folder / f"{name}.jpg").write_bytes(f"{folder}{name}".encode())
+    (tmp_path / "notes.txt").write_text("not a class folder")
+
+    assert photo_payloads(tmp_path, 5) == [b"a1", b"b1", b"c1", b"b2", b"c2"]
+    assert len(photo_payloads(tmp_path, 64)) == 6
+
+
+def test_photo_payloads_refuse_a_folder_without_photos(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no photos"):
+        photo_payloads(tmp_path, 4)

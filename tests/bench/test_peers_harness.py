@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.peers.__main__ import summarize
 from bench.peers.model import COUNT_FILE_ENV, CountRecord, read_counts, record_batch
 from bench.peers.servers import descendants
 from bench.rawhttp import RawConnection, encode_upload
@@ -90,3 +91,19 @@ def test_the_count_file_adds_up_batches(tmp_path: Path, monkeypatch: pytest.Monk
     record_batch(1, 1, 0.01)  # unset: nothing counted
     assert len(read_counts(path)) == 2
     assert os.path.getsize(path) > 0
+
+
+def _closed(server: str, valid_per_s: float) -> dict[str, object]:
+    point = {"concurrency": 32, "img_s": valid_per_s, "valid_per_s": valid_per_s, "p99_ms": 1.0}
+    return {"round": 0, "server": server, "closed": [point]}
+
+
+def test_the_users_part_alone_compares_ours_measured_beside_the_peers() -> None:
+    users = [_closed("ours", 60.0), _closed("litserve", 20.0), _closed("paper-demo", 3.0)]
+
+    summary = summarize([], users, 32)
+
+    assert summary["vs_users"] == pytest.approx(3.0)
+    assert summary["vs_paper_demo"] == pytest.approx(20.0)
+    assert "ours" not in summary["users"]
+    assert summary["vs_same_engine"] is None
