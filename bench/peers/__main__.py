@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -83,8 +84,14 @@ def as_users_write_it(
 
 
 def ratio(ours: float | None, peers: list[float | None]) -> float | None:
-    known = [p for p in peers if p]
-    return ours / max(known) if ours is not None and known else None
+    """Ours over the best measured peer; infinite when every measured peer gave none."""
+    known = [p for p in peers if p is not None]
+    if ours is None or not known:
+        return None
+    best = max(known)
+    if best == 0:
+        return math.inf if ours > 0 else None
+    return ours / best
 
 
 def summarize(same: list[Row], users: list[Row], clients: int) -> Row:

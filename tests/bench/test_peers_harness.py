@@ -107,3 +107,10 @@ def test_the_users_part_alone_compares_ours_measured_beside_the_peers() -> None:
     assert summary["vs_paper_demo"] == pytest.approx(20.0)
     assert "ours" not in summary["users"]
     assert summary["vs_same_engine"] is None
+
+
+def test_no_valid_answer_from_any_peer_is_an_infinite_ratio_not_a_missing_one() -> None:
+    users = [_closed("ours", 60.0), _closed("litserve", 0.0), _closed("bentoml", 0.0)]
+
+    assert summarize([], users, 32)["vs_users"] == float("inf")
+    assert summarize([], [_closed("ours", 0.0), _closed("litserve", 0.0)], 32)["vs_users"] is None
