@@ -2,7 +2,7 @@
 
     python -m bench.peers --install            # the peers' venvs (.venv-peers/), pinned
     python -m bench.peers [--quick] [--model-dir DIR] [--out JSON] [--no-plots]
-        [--parts same,users] [--photos DIR]
+        [--parts same,users] [--photos DIR] [--focus SERVERS [--rounds N]]
 
 1. Same engine: our engine (demo model, jump-forward, batch 16, the service's thread
    count) served by us, LitServe, Ray Serve and BentoML (PyTriton: see its row); closed
@@ -15,7 +15,8 @@
 Prints Markdown tables, writes the plots to docs/img/ and everything to JSON; the last
 two lines are ``vs best peer (same engine): <ratio>`` and ``vs best peer (as written by
 users): <ratio>`` (ours over the best peer; the ratio of medians at 32 clients, 16 in
-``--quick``). ``--photos DIR`` sends real photos (``DIR/<class>/*.jpg``, classes in turn)
+``--quick``). ``--focus ours,litserve [--rounds 4]`` measures only those servers' throughput
+at 32 clients, alternating, to settle a close call. ``--photos DIR`` sends real photos (``DIR/<class>/*.jpg``, classes in turn)
 instead of the synthetic garments; ``--parts users`` runs the second part alone, with our
 server measured beside the peers. A peer that is not installed or does not start is a row saying why.
 Servers listen on 127.0.0.1 only. Bounded: about 13 minutes on 2 cores; --quick, one
@@ -51,19 +52,35 @@ from bench.peers.servers import (
 RESULTS: Final = Path(__file__).resolve().parents[1] / "results" / "peers.json"
 
 
-def same_engine(model_dir: Path, images: list[bytes], quick: bool) -> list[Row]:
+def same_engine_starters(model_dir: Path, quick: bool) -> dict[str, Starter]:
     starters: dict[str, Starter] = {"ours": lambda: start_ours(model_dir)}
     if not quick:  # the ablation: our engine in its own process (tested on its own)
         starters["ours-engine-process"] = lambda: start_ours(model_dir, engine_process=True)
     for peer in SAME_ENGINE_PEERS:
         starters[peer] = functools.partial(STARTERS[peer], model_dir, "same")
+    return starters
+
+
+def same_engine(model_dir: Path, images: list[bytes], quick: bool) -> list[Row]:
     plan = LoadPlan.quick() if quick else LoadPlan()
 
     def behaviour(server: Served) -> Row:
         return {"behaviour": behaviour_rows(server, images, trials=1 if quick else 10,
                                             corrupt_only=quick)}  # fmt: skip
 
-    return alternating(starters, images, plan, behaviour)
+    return alternating(same_engine_starters(model_dir, quick), images, plan, behaviour)
+
+
+def focused(model_dir: Path, images: list[bytes], servers: list[str], rounds: int) -> list[Row]:
+    """Throughput only, to settle a close call: the named same-engine servers at 32 clients,
+    ``rounds`` alternating rounds, no open loop, no behaviour rows."""
+    every = same_engine_starters(model_dir, quick=False)
+    unknown = set(servers) - set(every)
+    if unknown:
+        raise SystemExit(f"--focus: unknown servers {sorted(unknown)}; known: {sorted(every)}")
+    base = LoadPlan()
+    plan = LoadPlan((32,), (), base.point_s, rounds, base.max_requests)
+    return alternating({name: every[name] for name in servers}, images, plan)
 
 
 def as_users_write_it(
@@ -161,6 +178,8 @@ def main() -> int:
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--parts", default="same,users", help="same, users or both")
     parser.add_argument("--photos", type=Path, default=None, help="real photos as payloads")
+    parser.add_argument("--focus", default=None, help="servers for a throughput-only run")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of a --focus run")
     args = parser.parse_args()
     if args.install:
         for peer, state in install_all(PEERS).items():
@@ -175,7 +194,12 @@ def main() -> int:
     images = photo_payloads(args.photos, 64) if args.photos else payloads(64)
     with tempfile.TemporaryDirectory(prefix="ff-peers-") as work:
         model_dir = args.model_dir or prepare_model(Path(work))
-        same = same_engine(model_dir, images, args.quick) if "same" in parts else []
+        if args.focus:
+            parts = {"same"}
+            names = [name.strip() for name in args.focus.split(",") if name.strip()]
+            same = focused(model_dir, images, names, args.rounds)
+        else:
+            same = same_engine(model_dir, images, args.quick) if "same" in parts else []
         users = (
             as_users_write_it(model_dir, images, args.quick, with_ours="same" not in parts)
             if "users" in parts
@@ -192,7 +216,7 @@ def main() -> int:
         "pytriton": PYTRITON_REASON,
         "summary": summarize(same, users, clients),
     }
-    if not args.no_plots and same:
+    if not args.no_plots and same and not args.focus:
         # A quick run's figures are a smoke test: its plots go next to its JSON.
         where = args.out.parent if args.quick else report.IMG_DIR
         result["plots"] = [
