@@ -26,7 +26,7 @@ def test_host_time_is_measured_with_the_heap_frozen_then_released(
     monkeypatch.setattr("bench.host_step.HostTimer.once", spying_once)
     before = gc.get_freeze_count()
 
-    (row,) = measure(demo_model_dir, [2], repeats=2)
+    (row,) = measure(demo_model_dir, [1], repeats=1)
 
     assert row["host_ms_per_step"] > 0
     assert row["steps"] > 0

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
+import schemathesis.specs.openapi.schemas  # loaded here, at collection: see below
 import uvicorn
 from hypothesis import HealthCheck, given, settings
 
@@ -20,6 +21,13 @@ from tests.fakes import FakeBackend
 from tests.service.http.conftest import make_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.load]
+
+# schemathesis' OpenAPI loader imports its modules lazily, and pytest rewrites them (it is
+# a plugin), which means ``ast.parse``. In CPython 3.11 the AST constructor's recursion
+# guard is not per thread, so a parse here racing one in the uvicorn thread (3.11's
+# traceback module parses source lines to format a traceback) can fail with "AST
+# constructor recursion depth mismatch"; it did once. Imported above, they load at
+# collection, before any thread starts.
 
 
 def _free_port() -> int:
