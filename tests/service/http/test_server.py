@@ -5,13 +5,9 @@ One server process per module; every request goes over loopback only.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,15 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import TRAINED_CLASSES, TRAINED_MODEL_NAME, garment_image, jpeg_bytes
 from tests.loopback import serve_files
+from tests.served import spawn_serve, wait_ready
 
 pytestmark = pytest.mark.slow
 START_TIMEOUT_S = 90.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:
@@ -41,45 +32,22 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(trained_model_dir: Path) -> Iterator[Server]:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "FF_MODEL_PATH": str(trained_model_dir),
-        "FF_HOST": "127.0.0.1",
-        "FF_PORT": str(port),
-        "FF_MAX_BATCH_SIZE": "8",
-        "FF_MAX_WAIT_MS": "5",
-        "FF_LOG_LEVEL": "warning",
-        # The image host in these tests is a local server; loopback is blocked otherwise.
-        "FF_URL_ALLOW_LOOPBACK_FOR_TESTS": "true",
-        # test_metrics_move_with_traffic counts one image sent 3 times as engine work.
-        "FF_CACHE_ENABLED": "false",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    process, base_url = spawn_serve(
+        {
+            "FF_MODEL_PATH": str(trained_model_dir),
+            "FF_MAX_BATCH_SIZE": "8",
+            "FF_MAX_WAIT_MS": "5",
+            "FF_LOG_LEVEL": "warning",
+            # The image host in these tests is a local server; loopback is blocked otherwise.
+            "FF_URL_ALLOW_LOOPBACK_FOR_TESTS": "true",
+            # test_metrics_move_with_traffic counts one image sent 3 times as engine work.
+            "FF_CACHE_ENABLED": "false",
+        }
     )
-    server = Server(process, f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + START_TIMEOUT_S
+    server = Server(process, base_url)
     try:
         with httpx.Client(base_url=server.base_url, timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                assert process.poll() is None, (
-                    process.stderr.read().decode() if process.stderr else ""
-                )
-                try:
-                    status = client.get("/readyz").status_code
-                except httpx.TransportError:
-                    time.sleep(0.05)
-                    continue
-                server.readyz_seen.append(status)
-                if status == 200:
-                    break
-                time.sleep(0.05)
-            else:
-                pytest.fail("server did not become ready in time")
+            wait_ready(process, client, START_TIMEOUT_S, seen=server.readyz_seen)
         yield server
     finally:
         if process.poll() is None:

@@ -7,9 +7,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
@@ -26,6 +23,7 @@ from service.inference.engine_process import (
 )
 from service.settings import Settings
 from tests.conftest import TRAINED_CLASSES, garment_image, jpeg_bytes
+from tests.served import spawn_serve, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -104,36 +102,16 @@ def _spawned_children(pid: int) -> list[int]:
 def test_served_with_the_engine_apart_torch_stays_out_of_the_server(
     trained_model_dir: Path,
 ) -> None:
-    from tests.service.http.test_server import _free_port
-
-    port = _free_port()
-    env = {
-        **os.environ,
-        "FF_MODEL_PATH": str(trained_model_dir),
-        "FF_HOST": "127.0.0.1",
-        "FF_PORT": str(port),
-        "FF_LOG_LEVEL": "warning",
-        "FF_ENGINE_PROCESS": "true",
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    server, base_url = spawn_serve(
+        {
+            "FF_MODEL_PATH": str(trained_model_dir),
+            "FF_LOG_LEVEL": "warning",
+            "FF_ENGINE_PROCESS": "true",
+        }
     )
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0) as client:
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline:
-                assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.05)
-            else:
-                pytest.fail("not ready in time")
+        with httpx.Client(base_url=base_url, timeout=5.0) as client:
+            wait_ready(server, client, timeout_s=90)
             rgb, expected = next(iter(TRAINED_CLASSES.items()))
             upload = jpeg_bytes(garment_image(rgb, random.Random(123)))
             answer = client.post("/v1/extract", files={"image": ("g.jpg", upload, "image/jpeg")})
