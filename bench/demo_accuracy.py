@@ -1,6 +1,8 @@
 """What the served model answers for real photos: category accuracy and the confusion matrix on
 clothing-small's validation and test splits, through the real engine (constrained decoding, the
-service's default mode), so the figures are what ``/v1/extract`` would answer.
+service's default mode), so the figures are what ``/v1/extract`` would answer. Colour has no
+true label on these photos: it is compared with the weak pixel-colour rule where the rule
+answers (agreement with a rule, not accuracy).
 
     python -m bench.demo_accuracy [--model-dir DIR] [--photos ../shared/data/clothing-small]
 
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from model_store.data.weak_color import label_color
 from service.inference.engine import load_engine
 from service.settings import Settings
 
@@ -40,15 +43,20 @@ def score(model_dir: str | None, split: Path) -> dict[str, object]:
     engine = load_engine(settings)
     items = _photos(split, mapping)
     confusion: Counter[tuple[str, str]] = Counter()
+    colour_agrees: list[bool] = []
     for start in range(0, len(items), BATCH):
         chunk = items[start : start + BATCH]
-        prepared = []
+        prepared, weak = [], []
         for path, _ in chunk:
             with Image.open(path) as image:
                 prepared.append(engine.preprocess(image.convert("RGB")))
-        for (_, truth), outcome in zip(chunk, engine.run_batch(prepared), strict=True):
+                weak.append(label_color(image).color)
+        outcomes = engine.run_batch(prepared)
+        for (_, truth), rule, outcome in zip(chunk, weak, outcomes, strict=True):
             answer = outcome.attributes.category if outcome.attributes else "<failed>"
             confusion[(truth, str(answer))] += 1
+            if rule is not None and outcome.attributes is not None:
+                colour_agrees.append(outcome.attributes.primary_color == rule)
     right = sum(n for (truth, answer), n in confusion.items() if truth == answer)
     majority = Counter(truth for _, truth in items).most_common(1)[0]
     return {
@@ -57,6 +65,8 @@ def score(model_dir: str | None, split: Path) -> dict[str, object]:
         "category_accuracy": right / len(items),
         "majority_class": majority[0],
         "majority_accuracy": majority[1] / len(items),
+        "weak_color_agreement": sum(colour_agrees) / len(colour_agrees) if colour_agrees else None,
+        "weak_color_photos": len(colour_agrees),
         "confusion": {f"{t} -> {a}": n for (t, a), n in sorted(confusion.items())},
     }
 
@@ -73,7 +83,9 @@ def main() -> None:
         print(
             f"{name}: category accuracy {result['category_accuracy']:.3f} over "
             f"{result['photos']} photos (always {result['majority_class']}: "
-            f"{result['majority_accuracy']:.3f})"
+            f"{result['majority_accuracy']:.3f}); colour agrees with the weak rule on "
+            f"{result['weak_color_agreement'] or 0:.3f} of the {result['weak_color_photos']} "
+            "photos it labels"
         )
 
 

@@ -55,7 +55,7 @@ from model_store.training.loop import train
 
 log = logging.getLogger(__name__)
 DEMO_NAME: Final = "fashion-florence-demo"
-RECIPE_VERSION: Final = 2
+RECIPE_VERSION: Final = 3
 #: The class folders of ../shared/data/clothing-small mapped to schema categories.
 CLOTHING_SMALL_MAPPING: Final = Path(__file__).parent / "data" / "clothing_small_mapping.json"
 
@@ -73,9 +73,12 @@ class DemoRecipe:
     categories: tuple[Category, ...] | None = None
     colors: tuple[Color, ...] | None = None
     textured: bool = True
-    vision_steps: int = 1600
+    vision_steps: int = 2400
     vision_lr: float = 3e-3
     vision_batch: int = 32
+    #: Share of each warm-up batch taken from the real photos (None: drawn uniformly).
+    vision_partial_share: float | None = 0.75
+    vision_zoom_and_shift: bool = True
     pretrain: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             preset="full", learning_rate=1e-3, max_steps=2500, eval_every=250, batch_size=16,
@@ -179,6 +182,8 @@ def build_trained_demo(
             learning_rate=recipe.vision_lr,
             batch_size=recipe.vision_batch,
             seed=recipe.seed,
+            partial_share=recipe.vision_partial_share,
+            zoom_and_shift=recipe.vision_zoom_and_shift,
         )
         save_model(loaded, scratch / "warm", name="demo-warm", base_model="random:demo", adapter=None)  # fmt: skip
         seconds["vision"] = time.perf_counter() - clock
