@@ -9,9 +9,9 @@ metrics the live /metrics exports. Nothing here leaves the loopback interface.
 
 from __future__ import annotations
 
+import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -35,16 +35,11 @@ from tests.deploy.tools import (
     metric_names,
     tool,
 )
+from tests.served import free_port
 
 pytestmark = pytest.mark.slow
 START_TIMEOUT_S = 90.0
 T = TypeVar("T")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _eventually(check: Callable[[], T | None], timeout_s: float, what: str) -> T:
@@ -71,7 +66,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="module")
 def service(demo_model_dir: Path) -> Iterator[str]:
     """`fashion-florence serve` on 127.0.0.1 with the demo model; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FF_")}
     env.update(
         FF_MODEL_PATH=str(demo_model_dir),
@@ -115,7 +110,7 @@ def prometheus(service: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         ],
     }
     (work / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = free_port()
     log = (work / "prometheus.log").open("wb")
     process = subprocess.Popen(
         [
@@ -228,8 +223,16 @@ def test_every_dashboard_query_runs_on_metrics_the_service_exports(
 ) -> None:
     _extract(service, 2)
     exported = exported_names(httpx.get(f"{service}/metrics", timeout=5).text)
-    import json
-
+    # Prometheus has scraped the requests (a rate needs two scrapes) before any panel's
+    # query is judged by whether it returns data; an empty result is not data yet (this
+    # test may run before any other in its worker, on a Prometheus that has not scraped).
+    _eventually(
+        lambda: _query(
+            prometheus,
+            'sum by (status) (rate(ff_requests_total{route=~"/v1/.*", instance=~".*"}[1m]))',
+        ) or None,
+        20, "request rates by status",
+    )  # fmt: skip
     dashboard = json.loads(DASHBOARD.read_text())
     with_data: set[str] = set()
     for title, expr in dashboard_queries(dashboard):
@@ -241,13 +244,6 @@ def test_every_dashboard_query_runs_on_metrics_the_service_exports(
         promql = expr.replace("$__rate_interval", "1m").replace("$instance", ".*")
         if _query(prometheus, promql):  # real PromQL parse and evaluation
             with_data.add(title)
-    _eventually(
-        lambda: _query(
-            prometheus,
-            'sum by (status) (rate(ff_requests_total{route=~"/v1/.*", instance=~".*"}[1m]))',
-        ),
-        15, "request rates by status",
-    )  # fmt: skip
     assert "Queue depth and images in flight" in with_data
     assert "Ready replicas and engine state" in with_data
 
@@ -261,7 +257,7 @@ def test_container_healthcheck_script_reports_liveness(service: str, tmp_path: P
     )  # fmt: skip
     assert healthy.returncode == 0, healthy.stderr
     closed = subprocess.run(
-        [sys.executable, str(script)], env={**os.environ, "FF_PORT": str(_free_port())},
+        [sys.executable, str(script)], env={**os.environ, "FF_PORT": str(free_port())},
         capture_output=True, timeout=10, check=False,
     )  # fmt: skip
     assert closed.returncode == 1

@@ -3,7 +3,6 @@ and a fast fake backend: no server errors, and responses match the documented sc
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 
 from service.http.app import create_app
 from tests.fakes import FakeBackend
+from tests.served import free_port
 from tests.service.http.conftest import make_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.load]
@@ -30,15 +30,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.load]
 # collection, before any thread starts.
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     # Generated URLs must never leave the machine (not even as a DNS query): only the
     # loopback host is allowed, and every other host is refused before any resolution.
     settings = make_settings(

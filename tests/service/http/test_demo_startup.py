@@ -4,7 +4,6 @@ answers at once (real uvicorn on 127.0.0.1); nothing is trained or written at st
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,20 +13,15 @@ import httpx
 import pytest
 
 from tests.conftest import photo_paths
+from tests.served import free_port
 
 pytestmark = pytest.mark.slow
 #: The issue's bar is 30 s from the end of the install; this bounds a loaded test machine.
 READY_WITHIN_S = 30.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_ready_at_once_on_a_fresh_cache(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     cache = tmp_path / "home" / ".cache" / "fashion-florence" / "demo-model"
     env = {key: value for key, value in os.environ.items() if not key.startswith("FF_")}
     env.update(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,10 @@ import time
 import httpx
 import pytest
 
+from tests.served import free_port
 from tests.service.http.conftest import RED
 
 pytestmark = [pytest.mark.slow, pytest.mark.load]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _spawn(port: int) -> subprocess.Popen[bytes]:
@@ -44,7 +38,7 @@ async def _wait_ready(client: httpx.AsyncClient, process: subprocess.Popen[bytes
 
 
 async def test_sigterm_drains_in_flight_work_and_exits_zero() -> None:
-    port = _free_port()
+    port = free_port()
     process = _spawn(port)
     try:
         limits = httpx.Limits(max_connections=20, max_keepalive_connections=0)
