@@ -71,6 +71,10 @@ def score(model_dir: str | None, split: Path) -> dict[str, object]:
     }
 
 
+def _share(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else "n/a"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir")
@@ -84,7 +88,7 @@ def main() -> None:
             f"{name}: category accuracy {result['category_accuracy']:.3f} over "
             f"{result['photos']} photos (always {result['majority_class']}: "
             f"{result['majority_accuracy']:.3f}); colour agrees with the weak rule on "
-            f"{result['weak_color_agreement'] or 0:.3f} of the {result['weak_color_photos']} "
+            f"{_share(result['weak_color_agreement'])} of the {result['weak_color_photos']} "
             "photos it labels"
         )
 

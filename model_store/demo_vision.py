@@ -6,7 +6,7 @@ tokens (all of them, and their mean, which uniform cross-attention sees first) i
 The heads are thrown away afterwards. Partial labels hold here too: an unknown field's
 label is ``-100`` and contributes no loss. Photos are decoded and resized once and
 flipped left-right at random (garments are symmetric enough; it halves overfitting on a
-few thousand photos); with ``augment`` also zoomed (0.8-1.25x) and shifted (up to 1/8 of
+few thousand photos); with ``zoom_and_shift`` also zoomed (0.8-1.25x) and shifted (up to 1/8 of
 the side), since a phone photo frames the garment anywhere. ``partial_share`` fixes the
 share of each batch drawn from the partially labelled records (the real photos): the
 drawn garments teach colour quickly, and drawn uniformly they took half of every batch
