@@ -79,6 +79,10 @@ class DemoRecipe:
     #: Share of each warm-up batch taken from the real photos (None: drawn uniformly).
     vision_partial_share: float | None = 0.75
     vision_zoom_and_shift: bool = True
+    #: Draw the photos with weight n ** -balance for the n photos of their category.
+    vision_category_balance: float = 0.0
+    #: The first warm-up steps draw the photos alone and teach their category alone.
+    vision_category_steps: int = 0
     pretrain: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             preset="full", learning_rate=1e-3, max_steps=2500, eval_every=250, batch_size=16,
@@ -184,6 +188,8 @@ def build_trained_demo(
             seed=recipe.seed,
             partial_share=recipe.vision_partial_share,
             zoom_and_shift=recipe.vision_zoom_and_shift,
+            category_balance=recipe.vision_category_balance,
+            category_steps=recipe.vision_category_steps,
         )
         save_model(loaded, scratch / "warm", name="demo-warm", base_model="random:demo", adapter=None)  # fmt: skip
         seconds["vision"] = time.perf_counter() - clock

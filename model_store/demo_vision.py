@@ -5,17 +5,17 @@ through a sequence loss alone is very slow; a classification loss straight on th
 tokens (all of them, and their mean, which uniform cross-attention sees first) is fast.
 The heads are thrown away afterwards. Partial labels hold here too: an unknown field's
 label is ``-100`` and contributes no loss. Photos are decoded and resized once and
-flipped left-right at random (garments are symmetric enough; it halves overfitting on a
-few thousand photos); with ``zoom_and_shift`` also zoomed (0.8-1.25x) and shifted (up to 1/8 of
-the side), since a phone photo frames the garment anywhere. ``partial_share`` fixes the
-share of each batch drawn from the partially labelled records (the real photos): the
-drawn garments teach colour quickly, and drawn uniformly they took half of every batch
-from the photos' category, which the tower learns slowly.
+augmented (:mod:`model_store.training.augment`). ``partial_share`` fixes the share of
+each batch drawn from the partially labelled records (the real photos): the drawn
+garments teach colour quickly, and drawn uniformly they took half of every batch from
+the photos' category, which the tower learns slowly. ``category_steps`` puts a phase of
+the photos' category alone first: alone, the tower learns it about twice as fast as
+mixed with colour (validation probes in docs/model_pipeline.md). ``category_balance``
+skews the photos' draw towards rare categories.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -24,6 +24,7 @@ from transformers import Florence2ForConditionalGeneration, Florence2Processor
 from fashion_florence_client.schema import CATEGORIES, COLORS, MATERIALS
 from model_store.data.dataset import Record
 from model_store.evaluation.predict import open_rgb
+from model_store.training.augment import augment
 
 IGNORE = -100
 HEADS = ("category", "primary_color", "material")
@@ -67,46 +68,59 @@ def head_loss(
     return loss
 
 
-#: Zoom by a factor drawn log-uniformly from [1/ZOOM, ZOOM]; shift by up to SHIFT of the side.
-ZOOM = 1.25
-SHIFT = 1 / 8
-
-
-def augment(
-    images: torch.Tensor, generator: torch.Generator, *, zoom_and_shift: bool
-) -> torch.Tensor:
-    """A left-right flip for half the images; with ``zoom_and_shift``, each also zoomed and
-    shifted at random (the border's pixels fill what moves into view)."""
-    count = images.shape[0]
-    flip = torch.rand(count, generator=generator) < 0.5
-    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-    if not zoom_and_shift:
-        return images
-    log_zoom = math.log(ZOOM)
-    scale = torch.empty(count).uniform_(-log_zoom, log_zoom, generator=generator).exp()
-    # affine_grid's coordinates span [-1, 1]: a shift of 1/8 of the side is 0.25 there.
-    shift = torch.empty(count, 2).uniform_(-2 * SHIFT, 2 * SHIFT, generator=generator)
-    theta = torch.zeros(count, 2, 3)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale
-    theta[:, :, 2] = shift
-    grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
-    return torch.nn.functional.grid_sample(images, grid, padding_mode="border", align_corners=False)
+def category_weights(labels: torch.Tensor, power: float) -> torch.Tensor:
+    """Each row's drawing weight, ``n ** -power`` for the ``n`` rows of its category: 0
+    keeps the data's own mix, 1 draws every category equally often. A row whose category
+    is unknown weighs 1."""
+    categories = labels[:, 0]
+    known = categories != IGNORE
+    counts = torch.bincount(categories[known], minlength=len(CATEGORIES)).double()
+    weights = torch.ones(len(labels), dtype=torch.double)
+    weights[known] = counts[categories[known]] ** -power
+    return weights
 
 
 def batch_indices(
-    partial: torch.Tensor, size: int, share: float | None, generator: torch.Generator
+    partial: torch.Tensor,
+    size: int,
+    share: float | None,
+    generator: torch.Generator,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Indices of one batch: ``share`` of it (rounded) from the rows where ``partial`` is
     true, the rest from the others; uniform over all rows when ``share`` is None or one
-    kind is missing."""
+    kind is missing. ``weights`` (one per row) skews the draw among the partial rows."""
     chosen, others = partial.nonzero().flatten(), (~partial).nonzero().flatten()
     if share is None or len(chosen) == 0 or len(others) == 0:
         return torch.randint(0, len(partial), (size,), generator=generator)
     taken = round(size * share)
+    if weights is None:
+        picked = torch.randint(0, len(chosen), (taken,), generator=generator)
+    else:
+        picked = torch.multinomial(weights[chosen], taken, replacement=True, generator=generator)
     return torch.cat([
-        chosen[torch.randint(0, len(chosen), (taken,), generator=generator)],
+        chosen[picked],
         others[torch.randint(0, len(others), (size - taken,), generator=generator)],
     ])  # fmt: skip
+
+
+def draw_batch(
+    labels: torch.Tensor,
+    partial: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    size: int,
+    share: float | None,
+    weights: torch.Tensor | None,
+    category_only: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch's rows and their head labels. ``category_only``: the partially labelled
+    rows alone (all rows when there are none), every field but the category unknown."""
+    batch = batch_indices(partial, size, 1.0 if category_only else share, generator, weights)
+    batch_labels = labels[batch]
+    if category_only:
+        batch_labels[:, 1:] = IGNORE  # advanced indexing copied the rows: labels is intact
+    return batch, batch_labels
 
 
 def warm_up_vision(
@@ -120,14 +134,20 @@ def warm_up_vision(
     seed: int,
     partial_share: float | None = None,
     zoom_and_shift: bool = False,
+    category_balance: float = 0.0,
+    category_steps: int = 0,
 ) -> float:
-    """Teach the vision tower and projector the labelled fields; returns the final loss."""
+    """Teach the vision tower and projector the labelled fields; returns the final loss.
+
+    The first ``category_steps`` steps teach the photos' category alone, the rest every
+    labelled field of both kinds (see the module's docstring)."""
     side = processor.image_processor.size["height"]
     pixels = processor.image_processor(
         [open_rgb(r.image).resize((side, side)) for r in records], return_tensors="pt"
     )["pixel_values"]
     labels = head_labels(records)
     partial = torch.tensor([bool(r.unknown) for r in records])
+    weights = category_weights(labels, category_balance) if category_balance else None
     tower = [model.model.vision_tower, model.model.multi_modal_projector]
     width = model.model.multi_modal_projector.image_projection.out_features
     heads = _heads(width, processor.image_processor.image_seq_length)
@@ -140,10 +160,13 @@ def warm_up_vision(
         warm = min(1.0, (step + 1) / 20) * (1 - step / steps)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate * warm
-        batch = batch_indices(partial, batch_size, partial_share, generator)
+        batch, batch_labels = draw_batch(
+            labels, partial, generator, size=batch_size, share=partial_share, weights=weights,
+            category_only=step < category_steps,
+        )  # fmt: skip
         images = augment(pixels[batch], generator, zoom_and_shift=zoom_and_shift)
         features = model.model.get_image_features(images).pooler_output
-        loss = head_loss(heads, features, labels[batch])
+        loss = head_loss(heads, features, batch_labels)
         optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
         optimizer.step()

@@ -70,6 +70,9 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     train.add_argument("--eval-every", type=int, default=None, help="steps (default: per epoch)")
     train.add_argument("--val-generate", type=int, default=256, help="val items decoded at end")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--augment", action="store_true", help="flip, zoom and shift training images at random"
+    )
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     train.add_argument("--no-bf16", action="store_true", help="fp32 on CUDA too")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
@@ -178,6 +181,7 @@ def _train(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         eval_every=args.eval_every,
         val_generate=args.val_generate,
+        augment=args.augment,
         seed=args.seed,
         device=args.device,
         bf16=not args.no_bf16,

@@ -14,6 +14,7 @@ from transformers import Florence2Processor
 
 from model_store.data.dataset import Record
 from model_store.evaluation.predict import open_rgb
+from model_store.training.augment import augment
 from model_store.training.config import TrainConfig
 from model_store.training.encoding import TrainingExample, encode_batch
 
@@ -60,6 +61,13 @@ class Examples:
     @staticmethod
     def example(record: Record) -> TrainingExample:
         return TrainingExample(open_rgb(record.image), record.target, tuple(record.unknown))
+
+
+def augmented(pixels: torch.Tensor, config: TrainConfig, micro_step: int) -> torch.Tensor:
+    """One micro-batch's images augmented; the draw depends only on (seed, micro-step), so
+    a resumed run augments exactly as the interrupted one would have."""
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + micro_step)
+    return augment(pixels, generator, zoom_and_shift=True)
 
 
 def autocast(device: torch.device, config: TrainConfig) -> AbstractContextManager[Any]:

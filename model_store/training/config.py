@@ -34,6 +34,9 @@ class TrainConfig(BaseModel):
     val_generate: int = Field(
         default=256, ge=0, description="val items decoded at the end for field accuracies"
     )
+    augment: bool = Field(
+        default=False, description="flip, zoom and shift each training image at random"
+    )
     seed: int = 0
     device: DeviceName = "auto"
     bf16: bool = Field(default=True, description="bf16 autocast on CUDA (fp32 on CPU)")

@@ -39,6 +39,7 @@ from model_store.lora import ADAPTER_WEIGHTS, LORA_PRESETS, lora_config
 from model_store.manifest import TrainingManifest, created_at_now, sha256_file
 from model_store.training.batches import (
     Examples,
+    augmented,
     autocast,
     learning_rate_at,
     micro_batches,
@@ -154,7 +155,12 @@ def train(
         for _ in range(config.grad_accum):
             _, indices = next(batches)
             state.micro_step += 1
-            batch = to_device(encode_batch(processor, prompt, examples.batch(indices)), device)
+            encoded = encode_batch(processor, prompt, examples.batch(indices))
+            if config.augment:  # on the host, where the generator is
+                encoded["pixel_values"] = augmented(
+                    encoded["pixel_values"], config, state.micro_step
+                )
+            batch = to_device(encoded, device)
             with autocast(device, config):
                 loss = model(**batch).loss / config.grad_accum
             loss.backward()

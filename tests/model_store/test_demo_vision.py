@@ -1,10 +1,10 @@
-"""The vision warm-up's batches: the photos' share of each batch, and the augmentation."""
+"""The vision warm-up's batches: the photos' share, the category weights, the category phase."""
 
 from __future__ import annotations
 
 import torch
 
-from model_store.demo_vision import augment, batch_indices
+from model_store.demo_vision import IGNORE, batch_indices, category_weights, draw_batch
 
 
 def test_a_share_of_each_batch_comes_from_the_partially_labelled_rows() -> None:
@@ -25,17 +25,43 @@ def test_without_a_share_or_without_both_kinds_rows_are_drawn_uniformly() -> Non
     assert bool((batch_indices(only_full, 32, 0.75, generator) < 100).all())
 
 
-def test_flip_alone_or_with_zoom_and_shift_moves_the_pixels() -> None:
-    image = torch.zeros(1, 3, 32, 32)
-    image[..., 8:24, 4:12] = 1.0  # an off-centre block: a flip or a shift moves it
-    images = image.repeat(64, 1, 1, 1)
-    flipped = augment(images, torch.Generator().manual_seed(0), zoom_and_shift=False)
-    same = (flipped == images).flatten(1).all(1)
-    mirrored = (flipped == images.flip(-1)).flatten(1).all(1)
-    assert bool((same | mirrored).all())
-    assert 0 < int(mirrored.sum()) < 64
-    moved = augment(images, torch.Generator().manual_seed(0), zoom_and_shift=True)
-    assert moved.shape == images.shape
-    assert not bool(((moved - images).abs().flatten(1).amax(1) < 1e-6).any())
-    # The block stays in view (a shift of at most 1/8 of the side, zoom at most 1.25x).
-    assert bool((moved.flatten(1).amax(1) > 0.5).all())
+def test_category_weights_span_the_data_mix_to_equal_categories() -> None:
+    # Six categories' rows: 60 of the first, 10 of the second, 30 of the third, and one
+    # row whose category is unknown.
+    categories = [0] * 60 + [1] * 10 + [2] * 30 + [IGNORE]
+    labels = torch.tensor([[c, 0, 0] for c in categories])
+    assert bool((category_weights(labels, 0.0) == 1).all())
+    equal = category_weights(labels, 1.0)
+    known = torch.tensor(categories[:-1])
+    totals = [float(equal[:-1][known == c].sum()) for c in range(3)]
+    assert all(abs(total - 1.0) < 1e-9 for total in totals)  # each category weighs the same
+    assert float(equal[-1]) == 1.0
+    root = category_weights(labels, 0.5)
+    assert abs(float(root[0]) / float(root[60]) - (10 / 60) ** 0.5) < 1e-9
+
+
+def test_weights_skew_the_draw_among_the_partial_rows_only() -> None:
+    partial = torch.tensor([True] * 100 + [False] * 100)
+    weights = torch.ones(200, dtype=torch.double)
+    weights[:10] = 9.0  # 10 rows x 9 against 90 rows x 1: half of the partial draws
+    generator = torch.Generator().manual_seed(0)
+    drawn = torch.cat([batch_indices(partial, 32, 0.75, generator, weights) for _ in range(100)])
+    heavy = int((drawn < 10).sum())
+    assert int(partial[drawn].sum()) == 2400
+    assert 1000 < heavy < 1400  # 1,200 expected; a uniform draw gives 240
+    assert not bool((drawn[drawn >= 100] < 100).any())
+
+
+def test_the_category_phase_draws_the_photos_alone_with_their_category_alone() -> None:
+    partial = torch.tensor([True] * 50 + [False] * 50)
+    labels = torch.tensor([[i % 6, i % 16, i % 5] for i in range(100)])
+    generator = torch.Generator().manual_seed(0)
+    kept = labels.clone()
+    batch, first = draw_batch(labels, partial, generator, size=32, share=0.75, weights=None, category_only=True)  # fmt: skip
+    assert bool(partial[batch].all())
+    assert bool((first[:, 0] == labels[batch, 0]).all())
+    assert bool((first[:, 1:] == IGNORE).all())
+    assert bool((labels == kept).all())  # the records' own labels are untouched
+    batch, later = draw_batch(labels, partial, generator, size=32, share=0.75, weights=None, category_only=False)  # fmt: skip
+    assert int(partial[batch].sum()) == 24
+    assert bool((later == labels[batch]).all())

@@ -152,6 +152,22 @@ def test_interrupted_and_resumed_equals_uninterrupted(
         assert torch.equal(resumed[key], straight[key]), key
 
 
+def test_augmented_training_resumes_exactly_and_differs_from_plain(
+    short_run: Path, small_data: Path, demo_model_dir: Path, tmp_path: Path
+) -> None:
+    config = SHORT.model_copy(update={"augment": True})
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert train(small_data, str(demo_model_dir), straight, config, progress=False) is not None
+    assert train(small_data, str(demo_model_dir), resumed, config, progress=False, stop_after_steps=3) is None  # fmt: skip
+    with pytest.raises(TrainingError, match="another run"):  # augmenting is part of the run
+        train(small_data, str(demo_model_dir), resumed, SHORT, resume=True, progress=False)
+    assert train(small_data, str(demo_model_dir), resumed, config, resume=True, progress=False)
+    weights, again = load_file(straight / ADAPTER_WEIGHTS), load_file(resumed / ADAPTER_WEIGHTS)
+    plain = load_file(short_run / ADAPTER_WEIGHTS)
+    assert all(torch.equal(weights[key], again[key]) for key in weights)
+    assert not all(torch.equal(weights[key], plain[key]) for key in weights)
+
+
 def test_merged_model_reproduces_the_adapter_predictions(
     short_run: Path, small_data: Path, demo_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -208,8 +224,11 @@ def test_cli_pipeline_end_to_end(
     ]
     train_args += ["--preset", "decoder", "--max-steps", "2", "--batch-size", "4"]
     train_args += ["--grad-accum", "1", "--val-generate", "2", "--no-progress", "--device", "cpu"]
-    assert cli_main(train_args) == 0
+    assert cli_main([*train_args, "--augment"]) == 0
     assert json.loads(capsys.readouterr().out)["metrics"]["steps"] == 2
+    trained = read_training_manifest(adapter)
+    assert trained is not None
+    assert trained.hyperparameters["augment"] is True
     assert cli_main(["model", "merge", str(demo_model_dir), str(adapter), str(merged)]) == 0
     capsys.readouterr()
     evaluate = ["eval", "--test", str(data / "test.jsonl"), "--model", str(merged)]
