@@ -2,13 +2,14 @@
 
 ``demo`` is a few hundred thousand parameters at 128 px: it builds offline in about a
 second, byte-identically every time, and is what the tests load. ``make run`` serves the
-same architecture trained on synthetic garments, starting from this build.
+same architecture at 64 px, trained on real photos and synthetic garments.
 ``florence-2-base`` / ``florence-2-large`` have the real dimensions with random weights,
 for GPU benchmarks only (never built in tests).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -208,14 +209,21 @@ def build_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     gpt2_ranks: Path | None = None,
+    image_size: int | None = None,
 ) -> ModelManifest:
     """Write a random-weight native Florence-2 with tokenizer, processor and manifest.
 
     ``device`` and ``dtype`` are for the large presets: initialising 0.77B parameters on a
     GPU takes a second where the CPU takes many, and bf16 weights halve what is written
     and hashed. The weights are drawn in float32 either way, then cast. ``gpt2_ranks``
-    (GPT-2's ``.tiktoken`` ranks) gives the real-size presets Florence-2's real vocabulary."""
+    (GPT-2's ``.tiktoken`` ranks) gives the real-size presets Florence-2's real vocabulary.
+    ``image_size`` replaces the preset's input side (a multiple of 32: DaViT's overall
+    stride), e.g. the trained demo's 64 px."""
     preset = PRESETS[preset_name]
+    if image_size is not None:
+        if image_size < 32 or image_size % 32:
+            raise ValueError(f"image_size {image_size}: give a positive multiple of 32")
+        preset = dataclasses.replace(preset, image_size=image_size)
     tokenizer = _preset_tokenizer(preset, prompt, gpt2_ranks)
     processor = build_processor(tokenizer, preset)
     config = build_config(

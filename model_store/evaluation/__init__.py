@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from model_store.data.dataset import Record, read_jsonl
 from model_store.evaluation.metrics import evaluate
-from model_store.evaluation.predict import predict_records, read_predictions, write_predictions
+from model_store.evaluation.predict import (
+    open_rgb,
+    predict_records,
+    read_predictions,
+    write_predictions,
+)
 from model_store.evaluation.report import write_report
 
 
@@ -56,3 +62,36 @@ def evaluate_model(
     report.update(system=loaded.manifest.name, test=str(test), model=model_path)
     write_report(report, out_dir)
     return report
+
+
+def evaluate_choices(
+    test: Path,
+    model_path: str,
+    *,
+    batch_size: int = 32,
+    device: str = "cpu",
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Category and primary colour as constrained decoding answers them
+    (:mod:`model_store.evaluation.choice`), each over the items labelled for it."""
+    from model_store.evaluation.choice import choose_values
+    from model_store.loading import load_model
+
+    records: list[Record] = read_jsonl(test)[:limit]
+    loaded = load_model(model_path, device=device)
+    outputs: dict[str, str | None] = {}
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        images = [open_rgb(record.image) for record in chunk]
+        chosen = choose_values(loaded.model, loaded.processor, loaded.manifest.prompt, images)
+        outputs.update((r.id, json.dumps(values)) for r, values in zip(chunk, chosen, strict=True))
+    report = evaluate(
+        {r.id: r.target for r in records}, outputs, {r.id: r.unknown for r in records}
+    )
+    fields = ("category", "primary_color")
+    return {
+        "n": report["n"],
+        **{f"{field}_accuracy": report[f"{field}_accuracy"] for field in fields},
+        "denominators": {field: report["denominators"][field] for field in fields},
+        "confusion_category": report["confusion"]["category"],
+    }

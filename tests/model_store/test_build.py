@@ -161,6 +161,26 @@ def test_image_features_fill_the_image_tokens(demo_model_dir: Path) -> None:
     assert tuple(features.shape) == (2, PRESETS["demo"].image_seq_length, PRESETS["demo"].d_model)
 
 
+def test_a_smaller_input_side_shrinks_the_image_tokens(tmp_path: Path) -> None:
+    """The trained demo's 64 px: a 2x2 grid of image tokens plus the pooled one, end to
+    end through the processor and the tower."""
+    manifest = build_model("demo", tmp_path / "small", image_size=64)
+    assert manifest.image_size == 64
+    processor = Florence2Processor.from_pretrained(str(tmp_path / "small"))
+    assert processor.image_processor.image_seq_length == (64 // 32) ** 2 + 1 == 5
+    encoded = processor(
+        text=[DEFAULT_PROMPT], images=[Image.new("RGB", (300, 200), "white")], return_tensors="pt"
+    )
+    assert tuple(encoded["pixel_values"].shape) == (1, 3, 64, 64)
+    model = Florence2ForConditionalGeneration.from_pretrained(str(tmp_path / "small"))
+    with torch.inference_mode():
+        features = model.get_image_features(encoded["pixel_values"]).pooler_output
+    assert tuple(features.shape) == (1, 5, PRESETS["demo"].d_model)
+    for side in (0, 48, 100):
+        with pytest.raises(ValueError, match="multiple of 32"):
+            build_model("demo", tmp_path / f"bad{side}", image_size=side)
+
+
 @pytest.mark.parametrize("word", schema_vocabulary())
 def test_tokenizer_round_trips_every_schema_literal(
     demo_processor: Florence2Processor, word: str

@@ -16,7 +16,7 @@ from model_store.demo_cache import (
     ensure_demo_model,
     verify_shipped,
 )
-from model_store.demo_report import REPORT_JSON
+from model_store.demo_report import REPORT_JSON, write_demo_report
 from model_store.evaluation import evaluate_model
 from model_store.manifest import (
     TRAINING_MANIFEST_NAME,
@@ -46,6 +46,9 @@ SHORT = DemoRecipe(
     vision_batch=16,
     vision_partial_share=None,
     vision_zoom_and_shift=False,
+    vision_category_balance=0.0,
+    vision_category_steps=0,
+    image_size=128,
     pretrain=TrainConfig(
         preset="full", learning_rate=1e-3, max_steps=400, eval_every=400, batch_size=16,
         grad_accum=1, val_generate=0, device="cpu",
@@ -122,6 +125,29 @@ def test_a_short_rebuild_meets_the_quality_floor(
     training = read_training_manifest(model_dir)
     assert training is not None
     assert training.data["data_version"] == build.report["data_version"]
+
+
+@pytest.mark.slow
+def test_the_report_leads_with_what_the_service_answers(
+    short_build: tuple[Path, Path, DemoBuild], tmp_path: Path
+) -> None:
+    model_dir, work, _ = short_build
+    report_dir = tmp_path / "model"
+    shutil.copytree(model_dir, report_dir)
+    parts = {"syn": work / "data-synthetic", "real": work / "data-photos"}
+    build = {"command": "short", "seconds": {"total": 1.0}, "weights_bytes": 1}
+    result = write_demo_report(report_dir, parts, tmp_path / "figures", build)
+    served, free = result["served"], result["scores"]
+    assert set(served) == set(free) == {"syn/val", "syn/test", "real/val", "real/test"}
+    assert served["real/test"]["denominators"] == {
+        "category": 24, "primary_color": free["real/test"]["denominators"]["primary_color"],
+    }  # fmt: skip
+    assert served["syn/test"]["primary_color_accuracy"] >= COLOR_FLOOR
+    confusion = served["real/test"]["confusion_category"]
+    assert sum(map(sum, confusion["matrix"])) == 24
+    assert sum(row[-1] for row in confusion["matrix"]) == 0  # never invalid, as served
+    text = (report_dir / "report.md").read_text()
+    assert text.index("What the service answers") < text.index("unconstrained greedy")
 
 
 def test_recipe_tag_names_the_recipe() -> None:
