@@ -95,11 +95,8 @@ def _served_lines(served: dict[str, Any]) -> list[str]:
         "|---|---|---|",
     ]
     for name, score in served.items():
-        cells = []
-        for field in ("category", "primary_color"):
-            n = score["denominators"][field]
-            cells.append("no labels" if n == 0 else f"{score[f'{field}_accuracy']:.3f} (n={n})")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        cells = " | ".join(_cell(score, field) for field in ("category", "primary_color"))
+        lines.append(f"| {name} | {cells} |")
     test = served.get("real/test")
     if test is not None:
         lines += _confusion_lines(
@@ -111,8 +108,7 @@ def _served_lines(served: dict[str, Any]) -> list[str]:
 def markdown(result: dict[str, Any]) -> str:
     scores = result["scores"]
     lines = ["# The trained demo model: evaluation", "", f"Built by `{result['command']}`.", ""]
-    if "served" in result:
-        lines += _served_lines(result["served"])
+    lines += _served_lines(result["served"])
     lines += [
         "The model's own text, unconstrained greedy decoding (the service's constrained "
         "decoding makes every answer valid JSON). Each field is scored only over the items "

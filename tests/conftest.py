@@ -81,7 +81,8 @@ def garment_image(color: tuple[int, int, int], rng: random.Random) -> Image.Imag
 
 @pytest.fixture(scope="session")
 def trained_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo model fine-tuned (~10 s on 2 cores) until it emits valid, image-dependent JSON."""
+    """The demo shape (0.125 text init) fine-tuned (~10 s on 2 cores) until it emits valid,
+    image-dependent JSON."""
     from model_store.build import build_model
     from model_store.training.color_demo import train_color_demo
 

@@ -74,7 +74,7 @@ def evaluate_choices(
 ) -> dict[str, Any]:
     """Category and primary colour as constrained decoding answers them
     (:mod:`model_store.evaluation.choice`), each over the items labelled for it."""
-    from model_store.evaluation.choice import choose_values
+    from model_store.evaluation.choice import CHOICES, choose_values
     from model_store.loading import load_model
 
     records: list[Record] = read_jsonl(test)[:limit]
@@ -88,7 +88,7 @@ def evaluate_choices(
     report = evaluate(
         {r.id: r.target for r in records}, outputs, {r.id: r.unknown for r in records}
     )
-    fields = ("category", "primary_color")
+    fields = tuple(CHOICES)
     return {
         "n": report["n"],
         **{f"{field}_accuracy": report[f"{field}_accuracy"] for field in fields},

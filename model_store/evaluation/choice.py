@@ -12,7 +12,6 @@ text is not valid JSON (partially labelled photos), without importing the servic
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Final
 
@@ -21,7 +20,8 @@ from PIL import Image
 from transformers import Florence2ForConditionalGeneration, Florence2Processor
 from transformers.modeling_outputs import BaseModelOutput
 
-from fashion_florence_client.schema import CATEGORIES, COLORS, FIELD_ORDER
+from fashion_florence_client.schema import CATEGORIES, COLORS, FIELD_ORDER, FashionAttributes
+from model_store.training.encoding import value_spans
 
 #: The closed-set fields in the target's order; a choice covers a leading run of them.
 CHOICES: Final[dict[str, tuple[str, ...]]] = {
@@ -31,14 +31,15 @@ CHOICES: Final[dict[str, tuple[str, ...]]] = {
 
 
 def _prefix(chosen: dict[str, str], field: str) -> str:
-    """The target text up to the opening quote of ``field``'s value."""
-    text = ""
-    for index, name in enumerate(FIELD_ORDER):
-        text += ("{" if index == 0 else ",") + json.dumps(name) + ":"
-        if name == field:
-            return text + '"'
-        text += json.dumps(chosen[name])
-    raise ValueError(f"{field} is not a field of the target")
+    """The target text up to and with the opening quote of ``field``'s value: the
+    training layout (:func:`value_spans`), the later fields filled with any valid value."""
+    filler: dict[str, object] = {
+        "category": CATEGORIES[0], "primary_color": COLORS[0], "material": None,
+        "style_tags": [], "occasion_tags": [],
+    }  # fmt: skip
+    attributes = FashionAttributes.model_validate({**filler, **chosen})
+    text, spans = value_spans(attributes)
+    return text[: spans[field][0] + 1]
 
 
 def _value_scores(
