@@ -33,7 +33,7 @@ from PIL import Image
 
 from bench.load import payloads as synthetic_payloads
 from bench.models import prepare_model
-from service.core.lifecycle import freeze_startup_objects
+from service.gc_freeze import freeze_startup_objects
 from service.inference.decoding.decoders import SpecialIds
 from service.inference.decoding.florence import Florence2Stepper
 from service.inference.decoding.grammar import SchemaGrammar, compile_schema_grammar

@@ -145,7 +145,7 @@ def spawn(
 
 
 #: How our service's probes describe an engine that will never serve (see
-#: ``service.core.lifecycle.Runtime.liveness``): the model failed to load, or broke.
+#: ``service.serving.lifecycle.Runtime.liveness``): the model failed to load, or broke.
 FAILED_DETAIL_PREFIXES: Final = ("engine failed", "engine dead")
 
 

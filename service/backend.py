@@ -1,8 +1,16 @@
-"""The typed boundary between the service and a model.
+"""The typed boundaries between the service and a model.
 
-``service`` talks to a model only through :class:`InferenceBackend`. The real
-implementation is :class:`service.inference.engine.FlorenceEngine`; tests swap in fakes so the HTTP
-and batching suites stay fast. Nothing here imports torch.
+Two of them, one per side of the process boundary:
+
+* :class:`InferenceBackend`, batch-level and synchronous: what the engine core's scheduler
+  runs (the real one is :class:`service.inference.engine.FlorenceEngine`; tests swap in
+  fakes so the HTTP and batching suites stay fast).
+* :class:`Engine`, image-level and async: what the API server's serving layer reaches the
+  model through. In production it is the engine core over IPC
+  (:class:`service.serving.core_client.CoreClient`); tests and ``extract --local`` use the
+  same scheduler in process (:class:`service.engine_core.local.InProcessEngine`).
+
+Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ class ModelInfo:
 
 class ItemFailure(StrEnum):
     """Why one image got no attributes. What happened, not an API code: the serving layer
-    (``service.core.extraction``) maps each to its public problem code."""
+    (``service.serving.extraction``) maps each to its public problem code."""
 
     INVALID_OUTPUT = "invalid_output"  # the model answered, but not schema-valid JSON
     OUT_OF_MEMORY = "out_of_memory"  # the image did not fit in device memory even alone
@@ -59,12 +67,49 @@ class ItemOutcome:
 
 class DeviceOutOfMemoryError(Exception):
     """The batch did not fit in device memory; the backend has already released what it
-    could. The caller may retry smaller batches (see ``service.core.extraction``)."""
+    could. The caller may retry smaller batches (see ``service.serving.extraction``)."""
 
 
 class DeviceFatalError(Exception):
     """The device is unusable for the rest of the process (a sticky CUDA error, a lost
     device): the engine is dead and the pod must be restarted."""
+
+
+class DeadlineExceededError(Exception):
+    """The item's deadline passed before it reached the model; it was never run."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(f"deadline passed while {stage}")
+        self.stage = stage
+
+
+class EngineClosedError(Exception):
+    """The engine takes no more work (stopping or stopped)."""
+
+
+class EngineRestartingError(Exception):
+    """The engine core died (or is starting again) and the item was not answered; it may
+    be sent again once the new core is ready, about ``retry_after_s`` from now."""
+
+    def __init__(self, detail: str, retry_after_s: float) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True, slots=True)
+class TimedOutcome:
+    """One image's outcome with the scheduler's timing of it (``time.monotonic()``, one
+    clock for every process on the host): queued at, its batch started and finished."""
+
+    outcome: ItemOutcome
+    enqueued_at: float
+    started_at: float
+    finished_at: float
+    batch_size: int
+
+    @property
+    def queued_s(self) -> float:
+        return max(0.0, self.started_at - self.enqueued_at)
 
 
 class InferenceBackend(Protocol):
@@ -93,3 +138,48 @@ class InferenceBackend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class Engine(Protocol):
+    """The model as the serving layer sees it: one image in, one timed outcome out.
+    Batching, the result cache and the device are behind it."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def prepare(self, image: Image.Image) -> PreparedImage:
+        """Turn a decoded image into what :meth:`infer` takes. Thread-safe: it runs on the
+        serving layer's preprocessing pool."""
+        ...
+
+    async def lookup(self, key: str) -> ItemOutcome | None:
+        """The cached outcome for an image's content digest, or None (also when the cache
+        is off)."""
+        ...
+
+    async def infer(
+        self, prepared: PreparedImage, *, deadline: float, key: str | None
+    ) -> TimedOutcome:
+        """Queue one image and wait for its outcome; ``key`` (its content digest) caches
+        it. Raises DeadlineExceededError (dropped unrun), EngineRestartingError,
+        EngineClosedError, or the batch's own exception. Cancelling the call withdraws
+        the image if it has not run yet."""
+        ...
+
+    def retry_after_s(self) -> float:
+        """Seconds until the current backlog drains at the recent rate (for Retry-After)."""
+        ...
+
+    def restarting(self) -> bool:
+        """True while the engine is being replaced after a death (work is refused with
+        ``engine_restarting`` meanwhile)."""
+        ...
+
+    async def liveness(self) -> str | None:
+        """Why the engine is dead for good (the pod must restart), or None if it is alive
+        or coming back."""
+        ...
+
+    async def close(self) -> None:
+        """Finish accepted work, then release the engine (in process) or the connection."""
+        ...

@@ -14,21 +14,20 @@ from service.local_job import register as register_extract_command
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.http.server import serve
-    from service.settings import Settings
+    from service.settings import Settings, describe_invalid
+    from service.supervisor import serve
 
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        print(f"invalid configuration (FF_* environment variables):\n{exc}", file=sys.stderr)
+        for line in describe_invalid(exc):
+            print(f"fashion-florence serve: {line}", file=sys.stderr)
         return 2
     from service.telemetry.logs import configure_logging
 
-    # Before serve(): its logging.basicConfig() then finds a handler and leaves it be.
     configure_logging(settings.log_format, settings.log_level)
-    serve(settings)
-    return 0
+    return serve(settings)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,7 +34,7 @@ def create_local_app() -> Any:
 @asynccontextmanager
 async def local_client(**options: Any) -> AsyncIterator[AsyncClient]:
     """An in-process service, loaded and warmed, and a client on it."""
-    from service.core.lifecycle import Phase
+    from service.serving.lifecycle import Phase
 
     app = create_local_app()
     async with app.router.lifespan_context(app):

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -60,11 +60,24 @@ class Settings(BaseSettings):
         "in tokens (216 for schema v1: a token per byte, plus <s> and </s>).",
     )  # fmt: skip
     verify_checksums: bool = True
-    engine_process: bool = Field(
-        default=False,
-        description="Run the engine in a process of its own, fed through shared memory, so "
-        "its decode loop does not share the GIL with HTTP and image decoding.",
+
+    # Processes: the engine core (one, owns the device) and the API servers in front of it
+    api_servers: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="API-server processes (HTTP, auth, URL fetch, image decode and resize) "
+        "sharing the listening socket in front of the one engine core; unset = derived from "
+        "the CPUs this process may use (service.supervisor.default_api_servers).",
     )
+    engine_restarts_max: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="Engine-core deaths within engine_restart_window_s that are restarted; "
+        "one more and liveness fails, so the pod restarts.",
+    )
+    engine_restart_window_s: float = Field(default=300.0, gt=0.0, le=86_400.0)
 
     # Decoding
     constrained_decoding: bool = Field(
@@ -198,3 +211,17 @@ class Settings(BaseSettings):
                 "FF_FETCH_TOTAL_TIMEOUT_MS must be at least FF_FETCH_CONNECT_TIMEOUT_MS"
             )
         return self
+
+
+def describe_invalid(exc: ValidationError) -> list[str]:
+    """One line per invalid setting, named as the user set it (``FF_MAX_BATCH_SIZE``, not
+    ``max_batch_size``), with what is wrong and the value given."""
+    lines = []
+    for error in exc.errors():
+        fields = [str(part) for part in error["loc"] if isinstance(part, str)]
+        name = f"FF_{fields[0].upper()}" if fields else "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        given = error.get("input")
+        shown = "" if not fields or isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"invalid {name}: {message}{shown}")
+    return lines

@@ -134,7 +134,7 @@ LONGEST_FIRST = (
     "tests/bench/test_peers.py",
     "tests/bench/test_run.py",
     "tests/deploy/test_wheelhouse.py",
-    "tests/service/inference/test_engine_process.py",
+    "tests/service/test_supervisor.py",
 )
 
 

@@ -8,11 +8,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.backend import InferenceBackend
-from service.core.lifecycle import BackendLoader, Runtime, load_real_engine
 from service.http import extract, ops
 from service.http.auth import ApiKeyVerifier
 from service.http.middleware import BodyLimitMiddleware, ObserveMiddleware, RequestIdMiddleware
 from service.http.problems import install_problem_handlers
+from service.serving.admission import CapacityPool
+from service.serving.lifecycle import BackendLoader, EngineConnector, Runtime, load_real_engine
 from service.settings import Settings
 from service.telemetry.logs import AccessLog
 from service.telemetry.metrics import ServiceMetrics
@@ -23,11 +24,17 @@ def create_app(
     backend: InferenceBackend | None = None,
     *,
     loader: BackendLoader = load_real_engine,
+    connector: EngineConnector | None = None,
+    pool: CapacityPool | None = None,
 ) -> FastAPI:
-    """Build the service. ``backend`` replaces the real engine (tests); ``loader`` builds it."""
+    """Build one API server. ``connector`` reaches the engine core (``serve``; ``pool`` is
+    then the capacity every API server shares). Without it the engine runs in this process:
+    ``backend`` (tests) or what ``loader`` builds (``extract --local``)."""
     settings = settings or Settings()
     metrics = ServiceMetrics()
-    runtime = Runtime(settings, metrics, backend=backend, loader=loader)
+    runtime = Runtime(
+        settings, metrics, backend=backend, loader=loader, connector=connector, pool=pool
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -6,9 +6,9 @@ from fastapi import Request
 
 from fashion_florence_client.problems import ErrorCode
 from fashion_florence_client.protocol import ModelRef
-from service.core.extraction import Extractor
-from service.core.lifecycle import Phase, Runtime
 from service.errors import ServiceError
+from service.serving.extraction import Extractor, restarting_error
+from service.serving.lifecycle import Phase, Runtime
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -20,6 +20,10 @@ def get_extractor(request: Request) -> Extractor:
     """The serving layer, while it takes work. A draining service still gets here: its
     admission refuses with ``draining`` (the drain itself is the lifecycle's)."""
     runtime = get_runtime(request)
+    if runtime.phase == Phase.RESTARTING and runtime.engine is not None:
+        raise restarting_error(
+            "the engine core is restarting; retry shortly", runtime.engine.retry_after_s()
+        )
     if runtime.phase not in (Phase.READY, Phase.DRAINING) or runtime.extractor is None:
         raise ServiceError(
             ErrorCode.NOT_READY, f"model is {runtime.phase.value}", headers={"Retry-After": "5"}

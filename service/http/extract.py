@@ -20,13 +20,13 @@ from fashion_florence_client.protocol import (
     UrlBatchRequest,
     UrlRequest,
 )
-from service.core.extraction import Extraction, Extractor
 from service.errors import ServiceError
 from service.http.auth import require_api_key
 from service.http.deps import get_extractor, model_ref
 from service.http.disconnect import cancel_on_disconnect
 from service.http.middleware import request_id_of
 from service.http.openapi import problem_responses
+from service.serving.extraction import Extraction, Extractor
 from service.settings import Settings
 from service.telemetry.record import current_record
 

@@ -9,11 +9,11 @@ from fastapi.responses import JSONResponse
 
 from fashion_florence_client.problems import ErrorCode
 from fashion_florence_client.protocol import HealthResponse, ModelResponse
-from service.core.lifecycle import Runtime
 from service.errors import ServiceError
 from service.http.auth import require_api_key
 from service.http.deps import get_runtime
 from service.http.openapi import problem_responses
+from service.serving.lifecycle import Runtime
 from service.telemetry.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["operations"])
@@ -40,6 +40,7 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
+    get_runtime(request).publish_phase()  # the engine core may have restarted meanwhile
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
 
 

@@ -34,10 +34,11 @@ from PIL import Image
 
 from fashion_florence_client.problems import ErrorCode
 from service.backend import DeviceFatalError, InferenceBackend, ItemOutcome
-from service.core.extraction import FAILURE_CODES, run_splitting
+from service.engine_core.local import run_splitting
 from service.errors import ServiceError
 from service.intake import ImageFetcher, decode_image, fetcher_from_settings, run_with_budget
 from service.jobs.output import OUTPUT_SCHEMA
+from service.serving.extraction import FAILURE_CODES
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ class ExtractStage:
     def __init__(self, settings: Settings) -> None:
         # The lifecycle's own loader: the same model resolution, device, dtype, threads
         # and decoding mode as a server with these settings.
-        from service.core.lifecycle import load_real_engine
+        from service.serving.lifecycle import load_real_engine
 
         self._backend: InferenceBackend = load_real_engine(settings)
         self._backend.warmup()

@@ -1,18 +1,40 @@
 """Prometheus metrics, one registry per app (no global state, so tests and apps don't clash).
 
 Labels stay low-cardinality: route templates (never raw paths), status codes, error codes.
+
+Under ``fashion-florence serve`` the service is several processes, and the supervisor
+sets ``PROMETHEUS_MULTIPROC_DIR`` for all of them: each process writes what it observes
+(the API servers their requests, the engine core its queue and batches) and any API
+server's ``/metrics`` reads them all, so every family is counted once for the whole
+service. Each gauge says how the processes' values combine (``multiprocess_mode``).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from service.backend import ModelInfo
+from service.telemetry.process_metrics import ServiceProcessCollector
 from service.telemetry.record import RequestRecord
+
+#: Set by the supervisor for every process of a served service (prometheus_client's name).
+MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS_S: Final = (
@@ -36,7 +58,10 @@ class ServiceMetrics:
     """All metric families of the service; also the batcher's observer."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # ``*_created`` series would double the series count and no dashboard reads them.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry or CollectorRegistry()
+        self.service_pid = os.getpid()  # an API server is told its supervisor's
         r = self.registry
         self.requests = Counter(
             "ff_requests",
@@ -48,7 +73,10 @@ class ServiceMetrics:
             "ff_request_duration_seconds", "HTTP request latency", ["route"],
             buckets=LATENCY_BUCKETS_S, registry=r,
         )  # fmt: skip
-        self.queue_depth_gauge = Gauge("ff_queue_depth", "Images waiting for a batch", registry=r)
+        self.queue_depth_gauge = Gauge(
+            "ff_queue_depth", "Images waiting for a batch", registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
         self.queue_wait_seconds = Histogram(
             "ff_queue_wait_seconds",
             "Time from enqueue to batch start",
@@ -74,8 +102,12 @@ class ServiceMetrics:
         self.model_info = Gauge(
             "ff_model_info", "The loaded model (value is always 1)",
             ["name", "revision", "device", "dtype"], registry=r,
+            multiprocess_mode="livemostrecent",
         )  # fmt: skip
-        self.ready = Gauge("ff_ready", "1 when the model is loaded and warmed up", registry=r)
+        self.ready = Gauge(
+            "ff_ready", "1 when the model is loaded and warmed up", registry=r,
+            multiprocess_mode="livemax",
+        )  # fmt: skip
         # Reasons are a fixed set (service.intake.fetch.FetchFailure): low cardinality.
         self.url_fetch_failures = Counter(
             "ff_url_fetch_failures", "URL fetches refused or failed, by internal reason",
@@ -95,25 +127,35 @@ class ServiceMetrics:
             "ff_oom_splits", "Batches split in half after device out-of-memory", registry=r
         )
         self.engine_state = Gauge(
-            "ff_engine_state", "1 for the engine's current state", ["state"], registry=r
-        )
+            "ff_engine_state", "1 for the engine's current state", ["state"], registry=r,
+            multiprocess_mode="livemostrecent",
+        )  # fmt: skip
         self.in_flight = Gauge(
-            "ff_in_flight_requests", "Images admitted and not yet answered", registry=r
-        )
-        # Result cache (service.core.cache)
+            "ff_in_flight_requests", "Images admitted and not yet answered", registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        # Result cache (service.engine_core.cache)
         self.cache = CacheMetrics(
             hits=Counter("ff_cache_hits", "Images answered from the result cache", registry=r),
             misses=Counter("ff_cache_misses", "Result cache lookups that missed", registry=r),
             evictions=Counter(
                 "ff_cache_evictions", "Entries evicted by the cache's bounds", registry=r
             ),
-            entries=Gauge("ff_cache_entries", "Entries in the result cache", registry=r),
+            entries=Gauge(
+                "ff_cache_entries",
+                "Entries in the result cache",
+                registry=r,
+                multiprocess_mode="livesum",
+            ),
             size_bytes=Gauge(
-                "ff_cache_size_bytes", "Estimated memory of the result cache", registry=r
+                "ff_cache_size_bytes",
+                "Estimated memory of the result cache",
+                registry=r,
+                multiprocess_mode="livesum",
             ),
         )
 
-    # BatchObserver protocol (service.core.batching)
+    # BatchObserver protocol (service.engine_core.batching)
     def queue_depth(self, depth: int) -> None:
         self.queue_depth_gauge.set(depth)
 
@@ -151,4 +193,25 @@ class ServiceMetrics:
         self.model_info.labels(info.name, info.revision, info.device, info.dtype).set(1)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition: every process's metrics when the service runs as several
+        (multiprocess mode), else this registry's; ``process_*`` for all of them."""
+        directory = os.environ.get(MULTIPROC_DIR_ENV)
+        if directory:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        else:
+            registry = CollectorRegistry()
+            registry.register(_Registered(self.registry))
+        registry.register(ServiceProcessCollector(self.service_pid))
+        return generate_latest(registry)
+
+
+class _Registered(Collector):
+    """Another registry's metrics, as one collector (so the process figures can join it
+    without registering them in the app's own registry for good)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return self._registry.collect()

@@ -186,7 +186,7 @@ def test_probes_match_the_service(built: Manifests, overlay: str) -> None:
     assert ready["httpGet"] == {"path": "/readyz", "port": "http"}
     assert live["httpGet"] == {"path": "/healthz", "port": "http"}
     # /healthz may take a device round trip of up to 2s (DEVICE_CHECK_TIMEOUT_S).
-    from service.core.lifecycle import DEVICE_CHECK_TIMEOUT_S
+    from service.engine_core.local import DEVICE_CHECK_TIMEOUT_S
 
     assert live["timeoutSeconds"] > DEVICE_CHECK_TIMEOUT_S
     assert live["failureThreshold"] >= 3

@@ -95,21 +95,22 @@ def test_settings_are_frozen() -> None:
         settings.port = 1
 
 
-def _no_server(settings: Settings) -> None:
+def _no_server(settings: Settings) -> int:
     raise AssertionError("serve() must not start a server with an invalid configuration")
 
 
 @pytest.mark.parametrize(
     ("env", "argv", "mentions"),
     [
-        ({"FF_MAX_BATCH_SIZE": "0"}, ["serve"], "max_batch_size"),
-        ({"FF_DEVICE": "tpu"}, ["serve"], "device"),
+        ({"FF_MAX_BATCH_SIZE": "0"}, ["serve"], "invalid FF_MAX_BATCH_SIZE"),
+        ({"FF_DEVICE": "tpu"}, ["serve"], "invalid FF_DEVICE"),
+        ({"FF_API_SERVERS": "0"}, ["serve"], "invalid FF_API_SERVERS"),
         (
             {"FF_MAX_BODY_BYTES": "4096", "FF_MAX_IMAGE_BYTES": "8192"},
             ["serve"],
             "FF_MAX_IMAGE_BYTES",
         ),
-        ({}, ["serve", "--port", "70000"], "port"),
+        ({}, ["serve", "--port", "70000"], "invalid FF_PORT"),
     ],
 )
 def test_cli_serve_with_invalid_configuration_exits_2(
@@ -119,15 +120,15 @@ def test_cli_serve_with_invalid_configuration_exits_2(
     argv: list[str],
     mentions: str,
 ) -> None:
-    import service.http.server
+    import service.supervisor
 
-    monkeypatch.setattr(service.http.server, "serve", _no_server)
+    monkeypatch.setattr(service.supervisor, "serve", _no_server)
     for name, raw in env.items():
         monkeypatch.setenv(name, raw)
     assert main(argv) == 2
     captured = capsys.readouterr()
-    assert "invalid configuration" in captured.err
     assert mentions in captured.err
+    assert len(captured.err.strip().splitlines()) == 1, captured.err
     assert "Traceback" not in captured.err
     assert captured.out == ""
 
@@ -136,10 +137,15 @@ def test_cli_serve_with_valid_configuration_starts_the_server(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The counterpart of the exit-2 tests: the same path does reach serve() when valid.
-    import service.http.server
+    import service.supervisor
 
     started: list[Settings] = []
-    monkeypatch.setattr(service.http.server, "serve", started.append)
+
+    def serve(settings: Settings) -> int:
+        started.append(settings)
+        return 0
+
+    monkeypatch.setattr(service.supervisor, "serve", serve)
     monkeypatch.setenv("FF_MAX_BATCH_SIZE", "3")
     assert main(["serve", "--port", "8123"]) == 0
     assert [(s.max_batch_size, s.port) for s in started] == [(3, 8123)]

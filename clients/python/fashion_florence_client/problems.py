@@ -36,6 +36,7 @@ class ErrorCode(StrEnum):
     INVALID_MODEL_OUTPUT = "invalid_model_output"
     ENGINE_ERROR = "engine_error"
     ENGINE_OOM = "engine_oom"
+    ENGINE_RESTARTING = "engine_restarting"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     INTERNAL_ERROR = "internal_error"
@@ -75,6 +76,8 @@ ERROR_CATALOGUE: Final[Mapping[ErrorCode, ErrorSpec]] = {
     ErrorCode.INVALID_MODEL_OUTPUT: ErrorSpec(502, "The model output did not match the schema"),
     ErrorCode.ENGINE_ERROR: ErrorSpec(503, "The inference engine failed"),
     ErrorCode.ENGINE_OOM: ErrorSpec(503, "The image did not fit in device memory"),
+    # The engine core died and is being restarted: nothing of the request was lost, retry.
+    ErrorCode.ENGINE_RESTARTING: ErrorSpec(503, "The inference engine is restarting"),
     ErrorCode.NOT_FOUND: ErrorSpec(404, "Not found"),
     ErrorCode.METHOD_NOT_ALLOWED: ErrorSpec(405, "Method not allowed"),
     ErrorCode.INTERNAL_ERROR: ErrorSpec(500, "Internal error"),

@@ -15,8 +15,8 @@ from fastapi import FastAPI
 from PIL import Image
 
 from fashion_florence_client.problems import PROBLEM_CONTENT_TYPE
-from service.core.lifecycle import BackendLoader
 from service.http.app import create_app
+from service.serving.lifecycle import BackendLoader
 from service.settings import Settings
 from tests.fakes import FakeBackend
 

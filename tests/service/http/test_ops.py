@@ -13,8 +13,8 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.backend import InferenceBackend, ItemOutcome, PreparedImage
-from service.core.lifecycle import Phase
 from service.http.app import create_app
+from service.serving.lifecycle import Phase
 from service.settings import Settings
 from tests.fakes import FakeBackend
 from tests.service.http.conftest import (
@@ -271,7 +271,7 @@ async def test_shutdown_finishes_in_flight_requests_then_closes_backend() -> Non
             queued = asyncio.create_task(client.post("/v1/extract", files=image_files(RED)))
             # One batch in the engine, one request waiting behind it.
             await eventually(
-                lambda: bool(backend.batches) and runtime.extractor.batcher.queue_depth == 1
+                lambda: bool(backend.batches) and runtime.engine.batcher.queue_depth == 1
             )
             assert backend.finished == 0
             assert not backend.closed

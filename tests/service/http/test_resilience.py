@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.core.lifecycle import Phase
+from service.serving.lifecycle import Phase
 from tests.faults import FaultBackend
 from tests.service.http.conftest import BLUE, RED, assert_problem, make_settings, serve
 

@@ -3,7 +3,7 @@ the grammar mask on device logits, a real OOM split, the liveness check's classi
 
 Every test here is ``gpu``-marked and skips without CUDA; ``bench/gpu.sh`` runs them
 (``pytest -m gpu``) before the benchmark. The CPU side of the same logic is tested with
-fakes in ``test_engine_device.py`` and ``tests/service/core``.
+fakes in ``test_engine_device.py`` and ``tests/service/serving``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ import torch
 from fashion_florence_client.schema import FashionAttributes
 from model_store.loading import load_model
 from service.backend import DeviceFatalError, DeviceOutOfMemoryError, ItemFailure
-from service.core.extraction import Extractor
+from service.engine_core.local import InProcessEngine
 from service.inference.engine import FlorenceEngine, load_engine
-from service.intake import fetcher_from_settings
 from service.settings import DtypeName, Settings
 from service.telemetry.metrics import ServiceMetrics
 from tests.conftest import TRAINED_CLASSES, garment_image
@@ -120,8 +119,8 @@ def test_a_real_oom_splits_the_batch_down_to_what_fits(
         engine.run_batch(big)
     settings = Settings(max_batch_size=512, preprocess_threads=1)
     metrics = ServiceMetrics()
-    extractor = Extractor(engine, settings, metrics, fetcher_from_settings(settings))
-    outcomes = extractor._run_splitting(big[:64])
+    scheduler = InProcessEngine(engine, settings, metrics)
+    outcomes = scheduler._run_batch(big[:64])
     assert len(outcomes) == 64
     assert all(o.failure is not ItemFailure.OUT_OF_MEMORY for o in outcomes)
     assert (metrics.registry.get_sample_value("ff_oom_splits_total") or 0) >= 1  # it split

@@ -161,9 +161,9 @@ class _Failing(FakeBackend):
 
 
 def _extract(backend: FakeBackend, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    import service.core.lifecycle
+    import service.serving.lifecycle
 
-    monkeypatch.setattr(service.core.lifecycle, "load_real_engine", lambda _s: backend)
+    monkeypatch.setattr(service.serving.lifecycle, "load_real_engine", lambda _s: backend)
     stage = stages.ExtractStage(Settings())
     pixels = [Image.new("RGB", (8, 8), color).tobytes() for color in ("blue", "white")]
     batch = pa.Table.from_pylist(

@@ -17,7 +17,7 @@ from service.telemetry.logs import ACCESS_LOGGER, JsonFormatter, PlainFormatter,
 from service.telemetry.tracing import Tracer
 from tests.fakes import FakeBackend
 from tests.live import BAD, BLUE, RED, _no_ff_environment, settings
-from tests.service.core.test_cache import app_client
+from tests.service.engine_core.test_cache import app_client
 
 __all__ = ["_no_ff_environment"]
 

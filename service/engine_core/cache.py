@@ -8,13 +8,13 @@ of the process, as is the cache. Bounded by entries and by bytes; least recently
 entries go first. Only successes are stored: errors are cheap to repeat and some
 (``deadline_exceeded``, ``queue_full``) say nothing about the image.
 
-Used from the event loop only (no locks).
+It lives in the engine core, so a hit in one API server is a hit in all of them: the API
+server hashes the bytes (:func:`service.intake.digest.content_digest`) and asks the core
+before it decodes anything. Used from the event loop only (no locks).
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
@@ -23,9 +23,6 @@ from service.telemetry.metrics import CacheMetrics
 
 V = TypeVar("V")
 
-#: Hashing runs on the loop below this size (~0.1 ms); above it, on a thread, so one large
-#: image does not stall every other request (hashlib releases the GIL).
-HASH_ON_LOOP_MAX_BYTES: Final = 512 * 1024
 #: Per-entry bookkeeping on top of the value's own estimate: key, OrderedDict node, object
 #: headers. An estimate, so the byte bound is approximate but never ignored.
 ENTRY_OVERHEAD_BYTES: Final = 256
@@ -35,12 +32,6 @@ ENTRY_OVERHEAD_BYTES: Final = 256
 class CacheKey:
     digest: str  # sha256 hex of the image bytes
     revision: str  # model revision
-
-
-async def content_digest(data: bytes) -> str:
-    if len(data) <= HASH_ON_LOOP_MAX_BYTES:
-        return hashlib.sha256(data).hexdigest()
-    return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
 
 
 class ResultCache(Generic[V]):

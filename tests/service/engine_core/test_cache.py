@@ -10,8 +10,9 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from service.backend import ModelInfo
-from service.core.cache import CacheKey, ResultCache, content_digest
+from service.engine_core.cache import CacheKey, ResultCache
 from service.http.app import create_app
+from service.intake.digest import content_digest
 from service.settings import Settings
 from service.telemetry.metrics import CacheMetrics
 from tests.fakes import FakeBackend

@@ -7,13 +7,15 @@ import time
 
 import pytest
 
-from service.core.admission import Admission
 from service.errors import ServiceError
+from service.serving.admission import Admission, LocalPool
 
 
 def admission(capacity: int = 2, retry_after_s: float = 1.0) -> tuple[Admission, list[str]]:
     rejected: list[str] = []
-    return Admission(capacity, lambda: retry_after_s, on_reject=rejected.append), rejected
+    return Admission(
+        LocalPool(capacity), lambda: retry_after_s, on_reject=rejected.append
+    ), rejected
 
 
 async def test_a_full_service_refuses_instantly_with_retry_after() -> None:

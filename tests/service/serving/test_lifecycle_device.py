@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from service.backend import DeviceFatalError
-from service.core.lifecycle import Phase, Runtime
+from service.serving.lifecycle import Phase, Runtime
 from service.settings import Settings
 from service.telemetry.metrics import ServiceMetrics
 from tests.fakes import FakeBackend

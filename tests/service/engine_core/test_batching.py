@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from service.core.batching import (
+from service.engine_core.batching import (
     BatcherClosedError,
     MicroBatcher,
     NullObserver,

@@ -6,6 +6,10 @@ a :class:`Permit`: the route takes one first and hands it to the serving call, w
 cannot run without it; the images it holds are given back when the request is answered.
 The count covers everything between admission and answer (decode, queue, engine), which
 is also what a drain waits for. Only the lifecycle starts a drain.
+
+The capacity is the whole service's, not one API server's: the count lives in a
+:class:`CapacityPool`, shared by every API server process (``service.ipc.shared_state``)
+or local to one process (:class:`LocalPool`, tests and ``extract --local``).
 """
 
 from __future__ import annotations
@@ -13,9 +17,51 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 from fashion_florence_client.problems import ErrorCode
 from service.errors import ServiceError
+
+
+class CapacityPool(Protocol):
+    """Where the images admitted by every API server are counted, against one capacity."""
+
+    @property
+    def capacity(self) -> int: ...
+
+    def try_acquire(self, images: int) -> bool:
+        """Hold ``images`` more if they fit (all or nothing, atomic across processes)."""
+        ...
+
+    def release(self, images: int) -> None: ...
+
+    def fits(self, images: int) -> bool:
+        """Whether ``images`` more would fit now (holds nothing)."""
+        ...
+
+
+class LocalPool:
+    """A :class:`CapacityPool` for a service in one process."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._held = 0
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def try_acquire(self, images: int) -> bool:
+        if not self.fits(images):
+            return False
+        self._held += images
+        return True
+
+    def release(self, images: int) -> None:
+        self._held = max(0, self._held - images)
+
+    def fits(self, images: int) -> bool:
+        return self._held + images <= self._capacity
 
 
 class Permit:
@@ -50,12 +96,12 @@ class Permit:
 class Admission:
     def __init__(
         self,
-        capacity: int,
+        pool: CapacityPool,
         retry_after_s: Callable[[], float],
         on_change: Callable[[int], None] | None = None,
         on_reject: Callable[[str], None] | None = None,
     ) -> None:
-        self._capacity = capacity
+        self._pool = pool
         self._retry_after_s = retry_after_s
         self._on_change = on_change or (lambda _count: None)
         self._on_reject = on_reject or (lambda _reason: None)
@@ -66,6 +112,7 @@ class Admission:
 
     @property
     def held(self) -> int:
+        """Images this process has admitted and not yet answered."""
         return self._held
 
     @asynccontextmanager
@@ -102,16 +149,19 @@ class Admission:
     def _check_open(self, images: int) -> None:
         if self._draining:
             self._reject(ErrorCode.DRAINING, "the service is shutting down; retry elsewhere")
-        if self._held + max(1, images) > self._capacity:
+        if images == 0 and not self._pool.fits(1):
             self._reject_full()
 
     def _acquire(self, images: int) -> None:
         self._check_open(images)
+        if not self._pool.try_acquire(images):
+            self._reject_full()
         self._held += images
         self._idle.clear()
         self._on_change(self._held)
 
     def _release(self, images: int) -> None:
+        self._pool.release(images)
         self._held -= images
         if self._held <= 0:
             self._held = 0
@@ -123,7 +173,7 @@ class Admission:
         self._on_reject(ErrorCode.QUEUE_FULL.value)
         raise ServiceError(
             ErrorCode.QUEUE_FULL,
-            f"{self._capacity} images already admitted; retry after {retry_after}s",
+            f"{self._pool.capacity} images already admitted; retry after {retry_after}s",
             headers={"Retry-After": str(retry_after)},
         )
 

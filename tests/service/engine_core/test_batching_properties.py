@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.core.batching import DeadlineExceededError, MicroBatcher
+from service.engine_core.batching import DeadlineExceededError, MicroBatcher
 
 
 @dataclass(frozen=True)

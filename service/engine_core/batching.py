@@ -1,5 +1,7 @@
 """Async micro-batcher: many concurrent requests in, one model batch at a time out.
 
+It runs in the engine core process (and in process for tests and ``extract --local``).
+
 One collector task groups queued requests into batches (by size, or by a deadline from the
 first item's arrival) and runs each on a single dedicated worker thread: model calls are
 serialized and never block the event loop. No HTTP, model or metrics library is known here.
@@ -18,10 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from service.backend import DeadlineExceededError, EngineClosedError
+
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["Batched", "BatcherClosedError", "DeadlineExceededError", "MicroBatcher"]
 
 # Retry-After bounds: below 1 s is noise to a client; past a minute the number means nothing.
 _MIN_RETRY_AFTER_S = 1.0
@@ -30,16 +36,8 @@ _MAX_RETRY_AFTER_S = 60.0
 _DRAIN_HISTORY = 32
 
 
-class BatcherClosedError(Exception):
+class BatcherClosedError(EngineClosedError):
     """The batcher is not running (not started, stopping or stopped)."""
-
-
-class DeadlineExceededError(Exception):
-    """The item's deadline passed before it reached the model; it was never run."""
-
-    def __init__(self, stage: str) -> None:
-        super().__init__(f"deadline passed while {stage}")
-        self.stage = stage
 
 
 class BatchObserver(Protocol):
@@ -145,7 +143,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             raise RuntimeError("a stopped MicroBatcher cannot be restarted; create a new one")
         if self._collector is not None:
             return
-        # Unbounded: admission (``service.core.admission``) is the service's one bound on
+        # Unbounded: admission (``service.serving.admission``) is the service's one bound on
         # how much work it holds; a second limit here could only disagree with it.
         self._queue = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
