@@ -12,6 +12,7 @@ from service.core.lifecycle import BackendLoader, Runtime, load_real_engine
 from service.http import extract, ops
 from service.http.auth import ApiKeyVerifier
 from service.http.middleware import BodyLimitMiddleware, ObserveMiddleware, RequestIdMiddleware
+from service.http.openapi import install_openapi
 from service.http.problems import install_problem_handlers
 from service.settings import Settings
 from service.telemetry.logs import AccessLog
@@ -50,6 +51,9 @@ def create_app(
     install_problem_handlers(app)
     app.include_router(extract.router)
     app.include_router(ops.router)
+    install_openapi(
+        app, auth_required=app.state.api_keys.enabled, max_batch_items=settings.max_batch_items
+    )
     # Added last = outermost: the request id is on every response, even a 413.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     # Inside the request id, outside the body cap: its 413s are counted and logged too.

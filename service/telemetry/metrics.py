@@ -11,6 +11,7 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from fashion_florence_client.problems import ErrorCode
 from service.backend import ModelInfo
 from service.telemetry.record import RequestRecord
 
@@ -21,6 +22,10 @@ LATENCY_BUCKETS_S: Final = (
 QUEUE_BUCKETS_S: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 BATCH_BUCKETS: Final = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
 TOKEN_BUCKETS: Final = (1, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1024)
+#: Admission's refusals (service.core.admission) and where an expired image is dropped
+#: (service.core.extraction: "intake"; service.core.batching: the other two).
+REJECTION_REASONS: Final = (ErrorCode.QUEUE_FULL.value, ErrorCode.DRAINING.value)
+DEADLINE_STAGES: Final = ("intake", "queued", "waiting for the engine")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +70,11 @@ class ServiceMetrics:
             registry=r,
         )
         self.images = Counter("ff_images", "Images processed by the engine", registry=r)
+        # Tokens, not decoder passes: jump-forward decoding writes several tokens per pass.
         self.generated_tokens = Histogram(
-            "ff_generated_tokens", "Decoder steps per image", buckets=TOKEN_BUCKETS, registry=r
-        )
+            "ff_generated_tokens", "Tokens generated per image (the answer's length)",
+            buckets=TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
         self.errors = Counter(
             "ff_errors", "Errors returned, by stable error code", ["code"], registry=r
         )
@@ -97,8 +104,12 @@ class ServiceMetrics:
         self.engine_state = Gauge(
             "ff_engine_state", "1 for the engine's current state", ["state"], registry=r
         )
+        # Named for requests (kept: dashboards use it), but it counts images: a batch request
+        # holds one per item.
         self.in_flight = Gauge(
-            "ff_in_flight_requests", "Images admitted and not yet answered", registry=r
+            "ff_in_flight_requests",
+            "Images (not requests: a batch counts each item) admitted and not yet answered",
+            registry=r,
         )
         # Result cache (service.core.cache)
         self.cache = CacheMetrics(
@@ -112,6 +123,12 @@ class ServiceMetrics:
                 "ff_cache_size_bytes", "Estimated memory of the result cache", registry=r
             ),
         )
+
+        # Every known series exists from the start, so rate() reads 0, not "no data".
+        for reason in REJECTION_REASONS:
+            self.rejections.labels(reason)
+        for stage in DEADLINE_STAGES:
+            self.deadline_drops.labels(stage)
 
     # BatchObserver protocol (service.core.batching)
     def queue_depth(self, depth: int) -> None:
