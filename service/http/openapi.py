@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from fastapi import FastAPI
 
-from fashion_florence_client.problems import PROBLEM_CONTENT_TYPE, Problem
+from fashion_florence_client.problems import PROBLEM_CONTENT_TYPE, Problem, codes_with_status
 from service.http.middleware import REQUEST_ID_PATTERN
 
 REQUEST_ID_HEADER: Final = "X-Request-ID"
@@ -47,10 +47,16 @@ _BEARER_DOC: Final = {
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for the error statuses a route can return."""
+    """OpenAPI ``responses`` entries for the error statuses a route can return, each naming
+    the stable codes its problem can carry."""
     schema = {"$ref": "#/components/schemas/Problem"}
     return {
-        status: {"model": Problem, "content": {PROBLEM_CONTENT_TYPE: {"schema": schema}}}
+        status: {
+            "model": Problem,
+            "description": "A problem; `code` is one of "
+            + ", ".join(f"`{code.value}`" for code in codes_with_status(status)),
+            "content": {PROBLEM_CONTENT_TYPE: {"schema": schema}},
+        }
         for status in statuses
     }
 
