@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 import httpx
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 from openapi_spec_validator import validate as validate_openapi
 from pydantic import ValidationError
@@ -32,7 +32,7 @@ def spec_accepts(spec: dict[str, Any], path: str, media_type: str, instance: Any
     """Whether ``instance`` is a valid body of ``path`` in ``media_type`` per the spec."""
     body = spec["paths"][path]["post"]["requestBody"]["content"][media_type]["schema"]
     schema = {**body, "components": spec["components"]}  # so that $refs resolve
-    return jsonschema.Draft202012Validator(schema).is_valid(instance)
+    return bool(jsonschema.Draft202012Validator(schema).is_valid(instance))
 
 
 def operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -111,7 +111,9 @@ async def test_bearer_scheme_matches_the_server() -> None:
         scheme = spec["components"]["securitySchemes"]["bearerAuth"]
         assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
         for path, _, operation in operations(spec):
-            expected = [{"bearerAuth": []}] if required and path.startswith("/v1/") else None
+            expected: list[dict[str, list[str]]] | None = (
+                [{"bearerAuth": []}] if required and path.startswith("/v1/") else None
+            )
             assert operation.get("security") == expected, path
     async with serve(make_settings(api_keys=["k"])) as s:
         refused = await s.client.get("/v1/model")
