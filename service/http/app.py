@@ -11,6 +11,7 @@ from service.backend import InferenceBackend
 from service.http import extract, ops
 from service.http.auth import ApiKeyVerifier
 from service.http.middleware import BodyLimitMiddleware, ObserveMiddleware, RequestIdMiddleware
+from service.http.openapi import install_openapi
 from service.http.problems import install_problem_handlers
 from service.serving.admission import CapacityPool
 from service.serving.lifecycle import BackendLoader, EngineConnector, Runtime, load_real_engine
@@ -57,6 +58,9 @@ def create_app(
     install_problem_handlers(app)
     app.include_router(extract.router)
     app.include_router(ops.router)
+    install_openapi(
+        app, auth_required=app.state.api_keys.enabled, max_batch_items=settings.max_batch_items
+    )
     # Added last = outermost: the request id is on every response, even a 413.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     # Inside the request id, outside the body cap: its 413s are counted and logged too.

@@ -35,17 +35,35 @@ router = APIRouter(prefix="/v1", tags=["extract"], dependencies=[Depends(require
 #: Lets a caller shorten (never lengthen) the server's default deadline, in milliseconds.
 TIMEOUT_HEADER = "x-request-timeout-ms"
 
-_FILE: dict[str, Any] = {"type": "string", "format": "binary"}
+#: The one multipart field the API reads; any other is refused.
+IMAGE_FIELD = "image"
+
+_FILE: dict[str, Any] = {
+    "type": "string",
+    "format": "binary",
+    "contentMediaType": "application/octet-stream",
+    "description": "An image file: a file part, i.e. with a filename in its "
+    "Content-Disposition (a text field named `image` is refused with invalid_request). "
+    "JPEG, PNG, WebP or GIF, judged by the bytes, never by the part's Content-Type.",
+}
 
 
 def _body_doc(image: dict[str, Any], json_body: type[BaseModel]) -> dict[str, Any]:
     """OpenAPI for a body that is either multipart (``image``) or JSON (URLs)."""
-    multipart = {"type": "object", "properties": {"image": image}, "required": ["image"]}
+    multipart = {
+        "type": "object",
+        "properties": {IMAGE_FIELD: image},
+        "required": [IMAGE_FIELD],
+        # Refused, not ignored: a stray field is most often a parameter sent in the wrong
+        # place (min_tag_confidence belongs in the query), which must not pass silently.
+        "additionalProperties": False,
+    }
+    encoding = {IMAGE_FIELD: {"contentType": "application/octet-stream"}}
     return {
         "requestBody": {
             "required": True,
             "content": {
-                "multipart/form-data": {"schema": multipart},
+                "multipart/form-data": {"schema": multipart, "encoding": encoding},
                 "application/json": {"schema": json_body.model_json_schema()},
             },
         }
@@ -53,7 +71,8 @@ def _body_doc(image: dict[str, Any], json_body: type[BaseModel]) -> dict[str, An
 
 
 _REQUEST_BODY_DOC = _body_doc(_FILE, UrlRequest)
-_BATCH_BODY_DOC = _body_doc({"type": "array", "items": _FILE}, UrlBatchRequest)
+# maxItems is the deployment's FF_MAX_BATCH_ITEMS, filled in by service.http.openapi.
+_BATCH_BODY_DOC = _body_doc({"type": "array", "items": _FILE, "minItems": 1}, UrlBatchRequest)
 
 
 def _media_type(request: Request) -> str:
@@ -93,7 +112,14 @@ async def _uploaded_images(request: Request, settings: Settings) -> list[bytes]:
             raise _too_many_images(settings) from exc
         raise ServiceError(ErrorCode.INVALID_REQUEST, str(exc.detail)) from exc
     try:
-        files = form.getlist("image")
+        unknown = sorted(set(form.keys()) - {IMAGE_FIELD})
+        if unknown:
+            raise ServiceError(
+                ErrorCode.INVALID_REQUEST,
+                f"unknown multipart field(s) {', '.join(map(repr, unknown))}: send only "
+                f"'{IMAGE_FIELD}' (min_tag_confidence is a query parameter)",
+            )
+        files = form.getlist(IMAGE_FIELD)
         if not files:
             raise ServiceError(ErrorCode.INVALID_REQUEST, "multipart field 'image' is missing")
         if len(files) > settings.max_batch_items:
@@ -147,6 +173,8 @@ MinTagConfidence = Annotated[
     Query(
         ge=0.0,
         le=1.0,
+        # Without it "nan" parses as a float and is refused as "not <= 1", which misleads.
+        allow_inf_nan=False,
         description="Drop tags whose confidence is below this; ignored (no tag dropped) when "
         "the service runs without constrained decoding, i.e. `confidence` is null.",
     ),

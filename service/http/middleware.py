@@ -22,7 +22,9 @@ from service.telemetry.metrics import ServiceMetrics
 from service.telemetry.record import note_error, open_record, reset_record
 
 REQUEST_ID_HEADER: Final = "x-request-id"
-_VALID_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+#: What a client's own X-Request-ID must look like to be echoed (else one is minted).
+REQUEST_ID_PATTERN: Final = r"^[A-Za-z0-9._:\-]{1,128}$"
+_VALID_REQUEST_ID: Final = re.compile(REQUEST_ID_PATTERN)
 
 
 def new_request_id() -> str:
@@ -56,6 +58,19 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+def route_label(scope: Scope) -> str:
+    """The matched route's template, never the raw path: unknown paths must not mint new
+    label values. FastAPI puts its own routes in the scope; the plain routes it adds for
+    the docs (``/openapi.json``, ``/docs``, ``/redoc``, ...) only leave their endpoint there,
+    so they are found by it, among the app's routes."""
+    route = scope.get("route")
+    if route is None and "endpoint" in scope and "app" in scope:
+        endpoint = scope["endpoint"]
+        routes = getattr(scope["app"], "routes", ())
+        route = next((r for r in routes if getattr(r, "endpoint", None) is endpoint), None)
+    return str(getattr(route, "path", "unmatched"))
 
 
 class ObserveMiddleware:
@@ -92,8 +107,7 @@ class ObserveMiddleware:
         finally:
             reset_record(token)
             record.close()
-            # Templates, never raw paths: unknown paths must not mint new label values.
-            record.route = str(getattr(scope.get("route"), "path", "unmatched"))
+            record.route = route_label(scope)
             self.metrics.observe_request(record)
             self.access_log.write(record)
 

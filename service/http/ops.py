@@ -23,7 +23,10 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 def _probe(ok: bool, detail: str) -> JSONResponse:
     body = HealthResponse(status="ok" if ok else "unavailable", detail=detail)
-    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+    if ok:
+        return JSONResponse(body.model_dump())
+    # Every 503 of the API says when to come back, a probe's too (loading takes seconds).
+    return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "5"})
 
 
 @router.get("/healthz", response_model=HealthResponse, responses={503: {"model": HealthResponse}})

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fashion_florence_client.problems import PROBLEM_CONTENT_TYPE, ErrorCode
 from service.errors import ServiceError, problem_body
+from service.http.middleware import REQUEST_ID_HEADER, new_request_id, request_id_of
 from service.telemetry.record import note_error
 
 log = logging.getLogger(__name__)
@@ -21,15 +22,21 @@ _HTTP_CODES = {
     413: ErrorCode.PAYLOAD_TOO_LARGE,
 }
 
+#: Retry-After (seconds) for a 503 whose raiser set none: the contract puts one on every
+#: 503. A model still loading takes a while; an engine failure is worth a prompt retry.
+_DEFAULT_RETRY_AFTER_S = {ErrorCode.NOT_READY: "5"}
+
 
 def problem_response(
     code: ErrorCode, detail: str, request: Request, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     body = problem_body(code, detail, instance=request.url.path)
+    status = int(str(body["status"]))
+    headers = dict(headers or {})
+    if status == 503 and not any(name.lower() == "retry-after" for name in headers):
+        headers["Retry-After"] = _DEFAULT_RETRY_AFTER_S.get(code, "1")
     note_error(code.value)  # counted and logged from the record, once
-    return JSONResponse(
-        body, status_code=int(str(body["status"])), headers=headers, media_type=PROBLEM_CONTENT_TYPE
-    )
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
@@ -51,7 +58,10 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s", request.url.path, exc_info=exc)
-    return problem_response(ErrorCode.INTERNAL_ERROR, "unexpected server error", request)
+    # This answer is sent by Starlette's outermost middleware, outside the request-id one,
+    # so it carries the id itself.
+    headers = {REQUEST_ID_HEADER: request_id_of(request.scope) or new_request_id()}
+    return problem_response(ErrorCode.INTERNAL_ERROR, "unexpected server error", request, headers)
 
 
 def install_problem_handlers(app: FastAPI) -> None:

@@ -29,6 +29,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from fashion_florence_client.problems import ErrorCode
 from service.backend import ModelInfo
 from service.telemetry.process_metrics import ServiceProcessCollector
 from service.telemetry.record import RequestRecord
@@ -43,6 +44,10 @@ LATENCY_BUCKETS_S: Final = (
 QUEUE_BUCKETS_S: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 BATCH_BUCKETS: Final = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
 TOKEN_BUCKETS: Final = (1, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1024)
+#: Admission's refusals (service.core.admission) and where an expired image is dropped
+#: (service.core.extraction: "intake"; service.core.batching: the other two).
+REJECTION_REASONS: Final = (ErrorCode.QUEUE_FULL.value, ErrorCode.DRAINING.value)
+DEADLINE_STAGES: Final = ("intake", "queued", "waiting for the engine")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +98,11 @@ class ServiceMetrics:
             registry=r,
         )
         self.images = Counter("ff_images", "Images processed by the engine", registry=r)
+        # Tokens, not decoder passes: jump-forward decoding writes several tokens per pass.
         self.generated_tokens = Histogram(
-            "ff_generated_tokens", "Decoder steps per image", buckets=TOKEN_BUCKETS, registry=r
-        )
+            "ff_generated_tokens", "Tokens generated per image (the answer's length)",
+            buckets=TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
         self.errors = Counter(
             "ff_errors", "Errors returned, by stable error code", ["code"], registry=r
         )
@@ -130,10 +137,14 @@ class ServiceMetrics:
             "ff_engine_state", "1 for the engine's current state", ["state"], registry=r,
             multiprocess_mode="livemostrecent",
         )  # fmt: skip
+        # Named for requests (kept: dashboards use it), but it counts images: a batch request
+        # holds one per item.
         self.in_flight = Gauge(
-            "ff_in_flight_requests", "Images admitted and not yet answered", registry=r,
+            "ff_in_flight_requests",
+            "Images (not requests: a batch counts each item) admitted and not yet answered",
+            registry=r,
             multiprocess_mode="livesum",
-        )  # fmt: skip
+        )
         # Result cache (service.engine_core.cache)
         self.cache = CacheMetrics(
             hits=Counter("ff_cache_hits", "Images answered from the result cache", registry=r),
@@ -154,6 +165,12 @@ class ServiceMetrics:
                 multiprocess_mode="livesum",
             ),
         )
+
+        # Every known series exists from the start, so rate() reads 0, not "no data".
+        for reason in REJECTION_REASONS:
+            self.rejections.labels(reason)
+        for stage in DEADLINE_STAGES:
+            self.deadline_drops.labels(stage)
 
     # BatchObserver protocol (service.engine_core.batching)
     def queue_depth(self, depth: int) -> None:

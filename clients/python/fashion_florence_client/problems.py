@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class ErrorCode(StrEnum):
@@ -87,6 +87,19 @@ PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
 PROBLEM_TYPE_BASE: Final = "https://fashion-florence.dev/problems/"
 
 
+def codes_with_status(status: int) -> list[ErrorCode]:
+    """The codes a problem with this HTTP status can carry."""
+    return [code for code, spec in ERROR_CATALOGUE.items() if spec.status == status]
+
+
+_CODE_DOC = (
+    "Stable error code; branch on it, not on `detail`. New codes may be added, so treat an "
+    "unknown one by its `status`. The codes: "
+    + "; ".join(f"`{code.value}` ({spec.status})" for code, spec in ERROR_CATALOGUE.items())
+    + "."
+)
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details; ``code`` is the stable, machine-readable part."""
 
@@ -94,5 +107,6 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
-    code: str
+    # A plain string, not an enum: a client built today must still parse a code added later.
+    code: str = Field(description=_CODE_DOC, examples=[code.value for code in ErrorCode])
     instance: str | None = None

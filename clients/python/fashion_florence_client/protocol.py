@@ -18,19 +18,27 @@ _CONFIDENCE_DOC = (
 #: request validation, so a wrong scheme gets its own stable code rather than a generic 400.
 URL_SCHEMA: dict[str, Any] = {"pattern": "^[hH][tT][tT][pP][sS]?://", "format": "uri"}
 
+_BATCH_URL_DOC = (
+    "URL of one image. Any string is accepted here: a URL that is not an allowed http(s) "
+    "URL is answered as this item's `url_not_allowed` error, like every other per-image "
+    "failure, and the other items are still answered."
+)
+
 
 class UrlRequest(BaseModel):
     url: str = Field(
         min_length=1,
         max_length=8192,
-        description="http(s) URL of the image",
+        description="http(s) URL of the image; any other is refused with 400 url_not_allowed",
         json_schema_extra=URL_SCHEMA,
     )
 
 
 class UrlBatchRequest(BaseModel):
-    urls: list[Annotated[str, Field(max_length=8192, json_schema_extra=URL_SCHEMA)]] = Field(
-        min_length=1, description="http(s) URLs, answered in this order"
+    # No URL pattern on the items: the request is valid whatever one item holds (a batch
+    # answers a bad item in its own result), and a pattern would promise a 400 it never gets.
+    urls: list[Annotated[str, Field(max_length=8192, description=_BATCH_URL_DOC)]] = Field(
+        min_length=1, description="image URLs, answered in this order"
     )
 
 

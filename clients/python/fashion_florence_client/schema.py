@@ -9,7 +9,7 @@ decoding relies on that ordering later).
 from __future__ import annotations
 
 import json
-from typing import Any, Final, Literal, get_args
+from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -44,6 +44,9 @@ OCCASION_TAGS: Final[tuple[OccasionTag, ...]] = get_args(OccasionTag)
 MAX_TAGS: Final = 4
 
 FIELD_ORDER: Final = ("category", "primary_color", "material", "style_tags", "occasion_tags")
+
+#: A confidence: a probability in [0, 1].
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 def _check_tags(tags: list[str], vocabulary: tuple[str, ...]) -> list[str]:
@@ -94,8 +97,8 @@ class AttributeConfidence(BaseModel):
     category: float = Field(ge=0.0, le=1.0)
     primary_color: float = Field(ge=0.0, le=1.0)
     material: float = Field(ge=0.0, le=1.0, description="Confidence in the value, also `null`.")
-    style_tags: list[float] = Field(description="One number per tag, in the same order.")
-    occasion_tags: list[float] | None = Field(
+    style_tags: list[Probability] = Field(description="One number per tag, in the same order.")
+    occasion_tags: list[Probability] | None = Field(
         description="One number per tag, in the same order; null when the model does not "
         "write occasions and they are derived from the category (no model probability)."
     )
