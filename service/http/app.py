@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from service.backend import InferenceBackend
 from service.core.lifecycle import BackendLoader, Runtime, load_real_engine
-from service.http import extract, ops
+from service.http import extract, ops, ui
 from service.http.auth import ApiKeyVerifier
 from service.http.middleware import BodyLimitMiddleware, ObserveMiddleware, RequestIdMiddleware
 from service.http.problems import install_problem_handlers
@@ -50,6 +50,8 @@ def create_app(
     install_problem_handlers(app)
     app.include_router(extract.router)
     app.include_router(ops.router)
+    if settings.ui_enabled:
+        app.include_router(ui.router)
     # Added last = outermost: the request id is on every response, even a 413.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     # Inside the request id, outside the body cap: its 413s are counted and logged too.
