@@ -195,6 +195,10 @@ function setCardState(card, text) {
   card.querySelector(".card-state").textContent = text;
 }
 
+function requestIdCode(id) {
+  return el("code", { className: "request-id", text: id, attrs: { title: id } });
+}
+
 function rawJson(value) {
   const details = el("details", { className: "raw" }, [
     el("summary", { text: "Raw JSON" }),
@@ -222,7 +226,7 @@ function fillResult(card, result, meta, raw) {
     tagGroup("occasion", a.occasion_tags, conf.occasion_tags),
     el("p", { className: "meta", text: meta.timing }),
     el("p", { className: "meta" }, [
-      el("span", { text: "request " }), el("code", { className: "request-id", text: meta.requestId }),
+      el("span", { text: "request " }), requestIdCode(meta.requestId),
     ]),
     rawJson(raw),
   );
@@ -244,7 +248,7 @@ function fillError(card, problem, requestId, where) {
   );
   if (requestId) {
     body.append(el("p", { className: "meta" }, [
-      el("span", { text: "request " }), el("code", { className: "request-id", text: requestId }),
+      el("span", { text: "request " }), requestIdCode(requestId),
     ]));
   }
   body.append(rawJson(problem));
