@@ -32,7 +32,8 @@ def missing_reason() -> str | None:
 def start_chromium(width: int = 1280, height: int = 900) -> webdriver.Chrome:
     """A headless Chromium that keeps the console log (read with ``console_errors``)."""
     binary, driver = _first(BINARY_NAMES), _first(DRIVER_NAMES)
-    assert binary is not None and driver is not None, missing_reason()
+    assert binary is not None, missing_reason()
+    assert driver is not None, missing_reason()
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for argument in (
@@ -55,4 +56,6 @@ def start_chromium(width: int = 1280, height: int = 900) -> webdriver.Chrome:
 
 def console_errors(browser: webdriver.Chrome) -> list[dict[str, Any]]:
     """SEVERE console entries since the last call (reading the log empties it)."""
-    return [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+    # selenium leaves get_log unannotated
+    entries: list[dict[str, Any]] = browser.get_log("browser")  # type: ignore[no-untyped-call]
+    return [e for e in entries if e.get("level") == "SEVERE"]

@@ -374,6 +374,7 @@ function wire() {
   $("url-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const url = $("url-input").value.trim();
+    $("url-input").value = "";
     if (url) sendUrl(url);
   });
   const slider = $("min-tag-confidence");

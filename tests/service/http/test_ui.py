@@ -129,5 +129,7 @@ def test_the_page_has_no_inline_code_and_references_only_its_own_files() -> None
 
 def test_the_script_never_parses_strings_as_html() -> None:
     script = (STATIC / "app.js").read_text()
-    sinks = r"\.(inner|outer)HTML\s*[+]?=|insertAdjacentHTML\(|document\.write|\beval\(|new Function"
+    sinks = (
+        r"\.(inner|outer)HTML\s*[+]?=|insertAdjacentHTML\(|document\.write|\beval\(|new Function"
+    )
     assert re.findall(sinks, script) == []

@@ -9,7 +9,6 @@ same bytes; every test ends with no console error other than the HTTP errors it 
 
 from __future__ import annotations
 
-import io
 import random
 import re
 import threading
@@ -20,26 +19,26 @@ from typing import Any
 
 import httpx
 import pytest
+from selenium.webdriver import Chrome as WebDriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.wait import WebDriverWait
 
 from model_store.synthetic import render_garment, sample_spec
-from tests.browser import console_errors, missing_reason
-from tests.live import BLUE, live_service, settings
+from tests.browser import console_errors, missing_reason, start_chromium
+from tests.fakes import FakeBackend
+from tests.live import BLUE, jpeg, live_service, settings
 from tests.served import spawn_serve, wait_ready
 
-if (_reason := missing_reason()) is not None:
-    pytest.skip(_reason, allow_module_level=True)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason())),
+]
 
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
-from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
-
-from tests.browser import start_chromium  # noqa: E402
-
-pytestmark = pytest.mark.slow
-
-VALIDATION = Path(__file__).resolve().parents[4] / "shared" / "data" / "clothing-small" / "validation"
+VALIDATION = (
+    Path(__file__).resolve().parents[4] / "shared" / "data" / "clothing-small" / "validation"
+)
 KEY = "ui-test-key"
 START_TIMEOUT_S = 90.0
 WAIT_S = 20.0
@@ -163,11 +162,13 @@ def test_one_real_photo_renders_what_the_api_answers(page: WebDriver, api: httpx
     _upload(page, [photo])
     (card,) = _settled_cards(page, 1)
     assert "ok" in (card.get_attribute("class") or "")
-    assert card.find_element(By.CSS_SELECTOR, ".category").text.lower() == (
-        expected["attributes"]["category"]
+    assert (
+        card.find_element(By.CSS_SELECTOR, ".category").text.lower()
+        == (expected["attributes"]["category"])
     )
     assert expected["attributes"]["primary_color"] in card.text
-    assert "inference" in card.text and "total" in card.text
+    assert "inference" in card.text
+    assert "total" in card.text
     assert card.find_element(By.CSS_SELECTOR, ".request-id").text  # this request's own id
     image = card.find_element(By.TAG_NAME, "img")
     assert image.get_attribute("alt") == f"Uploaded photo {photo.name}"
@@ -244,7 +245,8 @@ def test_the_slider_refilters_shown_tags_without_sending_anything(
     _settled_cards(page, 3)
     chips = page.find_elements(By.CSS_SELECTOR, ".chip[data-confidence]")
     confidences = [float(c.get_attribute("data-confidence") or "nan") for c in chips]
-    assert chips and all(chip.is_displayed() for chip in chips)
+    assert chips
+    assert all(chip.is_displayed() for chip in chips)
     sent = page.execute_script("return performance.getEntriesByType('resource').length")
     slider = page.find_element(By.ID, "min-tag-confidence")
     slider.send_keys(Keys.END)  # the keyboard moves it: 1.00
@@ -278,8 +280,6 @@ def test_controls_are_labelled_and_the_file_picker_is_reached_by_keyboard(
 
 
 def test_queue_full_is_retried_after_retry_after(browser: WebDriver, tmp_path: Path) -> None:
-    from tests.fakes import FakeBackend
-
     photo = tmp_path / "blue.jpg"
     photo.write_bytes(BLUE)
     # Capacity 2 (one queued, one in the engine), each batch 1.5 s: two held uploads fill it.
@@ -289,7 +289,7 @@ def test_queue_full_is_retried_after_retry_after(browser: WebDriver, tmp_path: P
             threading.Thread(
                 target=httpx.post,
                 args=(url + "/v1/extract",),
-                kwargs={"files": {"image": ("b.jpg", _jpeg(i))}, "timeout": 30},
+                kwargs={"files": {"image": ("b.jpg", jpeg((20 + i, 30, 200)))}, "timeout": 30},
             )
             for i in range(2)
         ]
@@ -311,14 +311,6 @@ def test_queue_full_is_retried_after_retry_after(browser: WebDriver, tmp_path: P
         for thread in held:
             thread.join(timeout=10)
         assert _unexpected_console(browser, {503}) == []
-
-
-def _jpeg(shade: int) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), (20 + shade, 30, 200)).save(buffer, format="JPEG")
-    return buffer.getvalue()
 
 
 def _in_flight(url: str) -> int:
