@@ -1,10 +1,18 @@
 #!/bin/sh
 # System tools the test suite needs that PyPI does not ship: Debian's `prometheus` package
-# (the Prometheus server and promtool, for tests/deploy). Fast when already installed.
-# Run as root (CI is); .ci/run calls it before `make test`.
+# (the Prometheus server and promtool, for tests/deploy) and `chromium` + `chromium-driver`
+# (the playground page's browser tests, tests/service/http/test_ui_browser.py). Fast when
+# already installed. Run as root (CI is); .ci/run calls it before `make test`.
 set -eu
 
-if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+packages=""
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+    packages="$packages prometheus"
+fi
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    packages="$packages chromium chromium-driver"
+fi
+if [ -z "$packages" ]; then
     exit 0
 fi
 
@@ -17,5 +25,7 @@ if [ ! -e "$policy" ]; then
     trap 'rm -f "$policy"' EXIT
 fi
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-prometheus --version | head -n 1
+# shellcheck disable=SC2086  # a list of package names
+apt-get install -y -qq --no-install-recommends $packages >/dev/null
+if command -v prometheus >/dev/null 2>&1; then prometheus --version | head -n 1; fi
+chromium --version

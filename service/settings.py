@@ -182,6 +182,11 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"  # a container service listens on all interfaces
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    ui_enabled: bool = Field(
+        default=True,
+        description="Serve the playground page at / (static files that call the public API "
+        "with the same API keys, so it opens no new capability); false answers 404 there.",
+    )
 
     # --- Result cache, logs and tracing ---
     cache_enabled: bool = Field(

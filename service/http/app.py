@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.backend import InferenceBackend
-from service.http import extract, ops
+from service.http import extract, ops, ui
 from service.http.auth import ApiKeyVerifier
 from service.http.middleware import BodyLimitMiddleware, ObserveMiddleware, RequestIdMiddleware
 from service.http.openapi import install_openapi
@@ -61,6 +61,8 @@ def create_app(
     install_openapi(
         app, auth_required=app.state.api_keys.enabled, max_batch_items=settings.max_batch_items
     )
+    if settings.ui_enabled:
+        app.include_router(ui.router)
     # Added last = outermost: the request id is on every response, even a 413.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     # Inside the request id, outside the body cap: its 413s are counted and logged too.

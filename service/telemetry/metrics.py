@@ -44,8 +44,8 @@ LATENCY_BUCKETS_S: Final = (
 QUEUE_BUCKETS_S: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 BATCH_BUCKETS: Final = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
 TOKEN_BUCKETS: Final = (1, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1024)
-#: Admission's refusals (service.core.admission) and where an expired image is dropped
-#: (service.core.extraction: "intake"; service.core.batching: the other two).
+#: Admission's refusals (service.serving.admission) and where an expired image is dropped
+#: (service.serving.extraction: "intake"; service.engine_core.batching: the other two).
 REJECTION_REASONS: Final = (ErrorCode.QUEUE_FULL.value, ErrorCode.DRAINING.value)
 DEADLINE_STAGES: Final = ("intake", "queued", "waiting for the engine")
 
