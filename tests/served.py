@@ -32,7 +32,7 @@ def spawn_serve(env: Mapping[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     for the failure message (:func:`stderr_of`). Returns the process and its base URL."""
     port = free_port()
     full = {**os.environ, "FF_HOST": "127.0.0.1", "FF_PORT": str(port), **env}
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (kept open for stderr_of)
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve"],
         env=full,
