@@ -5,12 +5,28 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import ValidationError
 
 from model_store.cli import register as register_model_commands
 from model_store.pipeline_cli import register as register_pipeline_commands
+from model_store.predictors import PredictorFactory
 from service.local_job import register as register_extract_command
+
+
+def _decoding_runs(
+    model: str,
+    *,
+    adapter: Path | None = None,
+    device: str | None = None,
+    max_new_tokens: int | None = None,
+) -> dict[str, PredictorFactory]:
+    """``eval``'s and ``train``'s predictors on the serving engine (imported when used:
+    it brings torch, which ``--help`` and the data commands do without)."""
+    from service.evaluation import decoding_runs
+
+    return decoding_runs(model, adapter=adapter, device=device, max_new_tokens=max_new_tokens)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -40,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
     register_extract_command(commands)
     register_model_commands(commands)
-    register_pipeline_commands(commands)  # data build/synth/check, train, eval
+    register_pipeline_commands(commands, _decoding_runs)  # data build/synth/check, train, eval
     return parser
 
 

@@ -118,7 +118,9 @@ def test_adapter_manifest_records_data_rules_and_hyperparameters(
     best = min(history, key=lambda entry: entry["val_loss"])
     assert manifest.metrics["best_step"] == int(best["step"])
     assert manifest.metrics["best_val_loss"] == best["val_loss"]
-    val = manifest.metrics["val"]
+    # Called without the service's validator: plain generate's text, named for what it is.
+    assert "val" not in manifest.metrics
+    val = manifest.metrics["val_unconstrained"]
     assert isinstance(val, dict)
     assert set(val) >= {"n", "valid_json_rate", "primary_color_accuracy"}
     assert not (short_run / CHECKPOINT_DIR).exists()  # removed once the run completed
@@ -225,19 +227,33 @@ def test_cli_pipeline_end_to_end(
     train_args += ["--preset", "decoder", "--max-steps", "2", "--batch-size", "4"]
     train_args += ["--grad-accum", "1", "--val-generate", "2", "--no-progress", "--device", "cpu"]
     assert cli_main([*train_args, "--augment"]) == 0
-    assert json.loads(capsys.readouterr().out)["metrics"]["steps"] == 2
+    metrics = json.loads(capsys.readouterr().out)["metrics"]
+    assert metrics["steps"] == 2
+    # The validation is decoded by the serving engine: under the schema grammar every
+    # answer is valid, which two steps of training cannot teach the model's own text.
+    assert metrics["val"]["n"] == 2
+    assert metrics["val"]["valid_json_rate"] == 1.0
+    assert metrics["val_unconstrained"]["n"] == 2
     trained = read_training_manifest(adapter)
     assert trained is not None
     assert trained.hyperparameters["augment"] is True
     assert cli_main(["model", "merge", str(demo_model_dir), str(adapter), str(merged)]) == 0
     capsys.readouterr()
     evaluate = ["eval", "--test", str(data / "test.jsonl"), "--model", str(merged)]
-    assert cli_main([*evaluate, "--out", str(report_dir), "--max-new-tokens", "40"]) == 0
+    assert cli_main([*evaluate, "--out", str(report_dir), "--no-progress"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed["figures"]) == {"served", "unconstrained"}
     report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
     test_items = len(read_split(data, "test"))
-    assert report["n"] == test_items
-    predictions = (report_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
-    assert len(predictions) == test_items
+    assert report["n"] == report["unconstrained"]["n"] == test_items
+    assert report["headline"] == "served"
+    assert report["valid_json_rate"] == printed["served"]["valid_json_rate"] == 1.0
+    assert printed["unconstrained"]["valid_json_rate"] == report["unconstrained"]["valid_json_rate"]
+    for name in ("predictions.jsonl", "predictions-unconstrained.jsonl"):
+        lines = (report_dir / name).read_text(encoding="utf-8").splitlines()
+        assert len(lines) == test_items
+    markdown = (report_dir / "report.md").read_text(encoding="utf-8")
+    assert "Headline: **served**" in markdown and "## unconstrained" in markdown
     assert (report_dir / "confusion_category.png").is_file()
     assert cli_main(["data", "build", "--format", "imat-json", *build[4:]]) == 1
     assert "needs --annotations and --labels" in capsys.readouterr().out
