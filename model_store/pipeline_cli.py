@@ -305,7 +305,7 @@ def _quiet_loading(quiet: bool) -> None:
     if quiet:
         from transformers.utils import logging as transformers_logging
 
-        transformers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _served_validation(decoding: ServedDecoding, base: str, preset: str, device: str) -> Validator:

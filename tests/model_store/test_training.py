@@ -253,7 +253,8 @@ def test_cli_pipeline_end_to_end(
         lines = (report_dir / name).read_text(encoding="utf-8").splitlines()
         assert len(lines) == test_items
     markdown = (report_dir / "report.md").read_text(encoding="utf-8")
-    assert "Headline: **served**" in markdown and "## unconstrained" in markdown
+    assert "Headline: **served**" in markdown
+    assert "## unconstrained" in markdown
     assert (report_dir / "confusion_category.png").is_file()
     assert cli_main(["data", "build", "--format", "imat-json", *build[4:]]) == 1
     assert "needs --annotations and --labels" in capsys.readouterr().out
