@@ -55,10 +55,15 @@ def _add_data_build(actions: argparse._SubParsersAction[argparse.ArgumentParser]
     build.add_argument(
         "--format", required=True, choices=["imat-json", "table", "folders"], help="source shape"
     )
-    build.add_argument("--annotations", type=Path, help="imat-json: the annotations JSON")
-    build.add_argument("--labels", type=Path, help="imat-json: label_map_228.csv")
-    build.add_argument("--table", type=Path, help="table: a .csv or .parquet file")
-    build.add_argument("--mapping", type=Path, help="folders: JSON {class folder: category}")
+    needed = "no default: needed with --format"
+    build.add_argument(
+        "--annotations", type=Path, help=f"the annotations JSON ({needed} imat-json)"
+    )
+    build.add_argument("--labels", type=Path, help=f"label_map_228.csv ({needed} imat-json)")
+    build.add_argument("--table", type=Path, help=f"a .csv or .parquet file ({needed} table)")
+    build.add_argument(
+        "--mapping", type=Path, help=f"JSON {{class folder: category}} ({needed} folders)"
+    )
     build.add_argument(
         "--no-weak-colors",
         action="store_true",

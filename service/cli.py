@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from fashion_florence_client.cli_help import document_defaults
 from model_store.cli import register as register_model_commands
 from model_store.pipeline_cli import register as register_pipeline_commands
 from model_store.predictors import PredictorFactory
@@ -51,13 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fashion-florence", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="start the HTTP service (settings from FF_* env)")
-    serve.add_argument("--host", default=None, help="overrides FF_HOST")
-    serve.add_argument("--port", type=int, default=None, help="overrides FF_PORT")
+    serve.add_argument(
+        "--host", default=None, help="listen address (default: FF_HOST, else 0.0.0.0)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=None, help="listen port (default: FF_PORT, else 8000)"
+    )
     serve.set_defaults(handler=_serve)
     register_extract_command(commands)
     register_model_commands(commands)
     register_pipeline_commands(commands, _decoding_runs)  # data build/synth/check, train, eval
-    return parser
+    return document_defaults(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

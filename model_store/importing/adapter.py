@@ -23,6 +23,7 @@ from transformers import Florence2ForConditionalGeneration
 
 from model_store.importing.errors import CheckpointImportError
 from model_store.importing.keys import map_module_path
+from model_store.importing.layout import require_local_folder
 from model_store.importing.weights import read_pickle
 
 PREFIX: Final = "base_model.model."
@@ -33,6 +34,7 @@ _UNSUPPORTED: Final = ("modules_to_save", "rank_pattern", "alpha_pattern", "laye
 
 
 def _read_adapter(adapter_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    require_local_folder(adapter_dir, "the adapter")
     config_path = adapter_dir / "adapter_config.json"
     if not config_path.is_file():
         raise CheckpointImportError(f"{adapter_dir} is not a PEFT adapter (no adapter_config.json)")

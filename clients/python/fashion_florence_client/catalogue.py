@@ -263,7 +263,9 @@ def register(
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     cmd.add_argument("inputs", nargs="*", metavar="PATH_OR_URL", help="image files, folders, URLs")
-    cmd.add_argument("--from-file", type=Path, help="a list of paths/URLs, one per line")
+    cmd.add_argument(
+        "--from-file", type=Path, help="a list of paths/URLs, one per line (default: none)"
+    )
     cmd.add_argument("--out", type=Path, required=True, help="JSONL output; reruns resume it")
     cmd.add_argument(
         "--concurrency", type=_positive, default=8, help="requests in flight (default 8)"
