@@ -35,7 +35,7 @@ from model_store.data.dataset import DataError, Record, read_report, read_split
 from model_store.evaluation.metrics import HEADLINE_METRICS, evaluate
 from model_store.evaluation.predict import Generator, predict_records
 from model_store.loading import LoadedModel, load_model, save_model
-from model_store.lora import ADAPTER_WEIGHTS, LORA_PRESETS, lora_config
+from model_store.lora import ADAPTER_WEIGHTS, LORA_PRESETS, lora_config, peft_wrapping
 from model_store.manifest import TrainingManifest, created_at_now, sha256_file
 from model_store.training.batches import (
     Examples,
@@ -81,7 +81,8 @@ def _trainable_model(loaded: LoadedModel, config: TrainConfig) -> torch.nn.Modul
         return loaded.model
     torch.manual_seed(config.seed)  # the LoRA A matrices are initialised at random
     lora = lora_config(config.preset, rank=config.rank, alpha=config.alpha, dropout=config.dropout)
-    return get_peft_model(loaded.model, lora)
+    with peft_wrapping():
+        return get_peft_model(loaded.model, lora)
 
 
 def _save_best(model: torch.nn.Module, loaded: LoadedModel, out_dir: Path, base: str) -> None:

@@ -19,7 +19,7 @@ from model_store.data.sources import read_table
 from model_store.data.synthesize import write_synthetic_source
 from model_store.evaluation.predict import open_rgb, predict_records
 from model_store.loading import load_model
-from model_store.lora import ADAPTER_WEIGHTS
+from model_store.lora import ADAPTER_WEIGHTS, peft_wrapping
 from model_store.manifest import TRAINING_MANIFEST_NAME, read_training_manifest, verify_directory
 from model_store.training.batches import learning_rate_at, micro_batches
 from model_store.training.config import TrainConfig
@@ -27,7 +27,8 @@ from model_store.training.encoding import TrainingExample, encode_batch
 from model_store.training.loop import CHECKPOINT_DIR, TrainingError, train
 from service.cli import main as cli_main
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+# train and merge must not print peft's deprecation warning at users (model_store.lora.peft_wrapping).
+pytestmark = pytest.mark.filterwarnings("error:.*is_gradient_checkpointing:FutureWarning")
 
 SHORT = TrainConfig(
     preset="all-linear",
@@ -178,7 +179,8 @@ def test_merged_model_reproduces_the_adapter_predictions(
     assert (merged_dir / TRAINING_MANIFEST_NAME).is_file()  # provenance travels with it
     records = read_split(small_data, "test")[:8]
     base = load_model(str(demo_model_dir))
-    adapter_model = PeftModel.from_pretrained(base.model, str(short_run))
+    with peft_wrapping():
+        adapter_model = PeftModel.from_pretrained(base.model, str(short_run))
     adapter_model.train(False)
     merged = load_model(str(merged_dir))
     prompt = base.manifest.prompt
