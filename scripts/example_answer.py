@@ -23,8 +23,8 @@ from service.http.app import create_app
 from service.settings import Settings
 
 
-async def answer(photo: Path) -> dict[str, Any]:
-    data = photo.read_bytes()  # before the service starts: nothing to block yet
+async def answer(data: bytes, name: str) -> dict[str, Any]:
+    """The response body for one image (its bytes and file name)."""
     # The shipped demo whatever FF_MODEL_PATH/FF_DEMO_MODEL say: the README shows its answer.
     app = create_app(Settings(model_path=None, adapter_path=None, demo_model="trained"))
     async with app.router.lifespan_context(app):
@@ -34,7 +34,7 @@ async def answer(photo: Path) -> dict[str, Any]:
             raise SystemExit(f"the service did not start: {runtime.error}")
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://local") as client:
-            files = {"image": (photo.name, data, "image/jpeg")}
+            files = {"image": (name, data, "image/jpeg")}
             response = await client.post("/v1/extract", files=files)
     response.raise_for_status()
     body: dict[str, Any] = response.json()
@@ -45,7 +45,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("photo", type=Path, help="an image file")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(answer(args.photo)), indent=1))
+    body = asyncio.run(answer(args.photo.read_bytes(), args.photo.name))
+    print(json.dumps(body, indent=1))
 
 
 if __name__ == "__main__":

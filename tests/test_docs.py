@@ -129,6 +129,6 @@ def test_the_readme_example_answer_is_what_the_demo_answers() -> None:
     assert spec.loader is not None
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    produced = asyncio.run(script.answer(photo))
+    produced = asyncio.run(script.answer(photo.read_bytes(), photo.name))
     shown = json.loads(match.group("answer"))
     assert _normalized(shown) == _normalized(produced)
