@@ -43,8 +43,12 @@ from service.settings import Settings
 from service.telemetry.process_metrics import service_pids
 
 TEST_PHOTOS: Final = Path(__file__).resolve().parents[2] / "shared" / "data" / "clothing-small"
-_ANSWER = FashionAttributes(category="top", primary_color="navy")
-_CONFIDENCE = AttributeConfidence(category=1.0, primary_color=1.0)
+_ANSWER = FashionAttributes(
+    category="top", primary_color="navy", material=None, style_tags=[], occasion_tags=[]
+)
+_CONFIDENCE = AttributeConfidence(
+    category=1.0, primary_color=1.0, material=1.0, style_tags=[], occasion_tags=[]
+)
 
 
 class InstantBackend:

@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 
-from service.serving.lifecycle import Phase
 from service.http.app import create_app
+from service.serving.lifecycle import Phase
 from service.settings import Settings
 
 

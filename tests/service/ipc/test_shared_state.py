@@ -77,4 +77,5 @@ def test_pixels_travel_out_of_band_and_come_back_equal() -> None:
     assert (back.request, back.generation, back.deadline, back.key) == (7, 2, 123.5, "abc")
     assert np.array_equal(back.pixels, pixels)
     done = decode(encode(m.Done(7, TimedOutcome(ItemOutcome("{}", 3), 1.0, 2.0, 3.0, 4))))
-    assert done.timed.outcome.text == "{}" and done.timed.batch_size == 4
+    assert done.timed.outcome.text == "{}"
+    assert done.timed.batch_size == 4
