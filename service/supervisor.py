@@ -283,7 +283,9 @@ class Supervisor:
 
     def stop(self) -> None:
         """Drain the API servers, then stop the core; remove the run directory."""
-        deadline = time.monotonic() + self.settings.drain_timeout_s + STOP_TIMEOUT_S
+        # An API server drains for up to FF_DRAIN_TIMEOUT_S, then uvicorn closes what is left
+        # (again at most FF_DRAIN_TIMEOUT_S): the same budget the deployment's grace period has.
+        deadline = time.monotonic() + 2 * self.settings.drain_timeout_s + STOP_TIMEOUT_S
         servers = [p for p in self._servers if p is not None]
         for server in servers:
             if server.is_alive() and server.pid is not None:
