@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from fashion_florence_client.protocol import Priority
 from fashion_florence_client.schema import AttributeConfidence, FashionAttributes
 
 #: One image as the backend's ``preprocess`` left it, opaque to the service: it is only
@@ -158,10 +159,15 @@ class Engine(Protocol):
         ...
 
     async def infer(
-        self, prepared: PreparedImage, *, deadline: float, key: str | None
+        self,
+        prepared: PreparedImage,
+        *,
+        deadline: float,
+        key: str | None,
+        priority: Priority = Priority.INTERACTIVE,
     ) -> TimedOutcome:
-        """Queue one image and wait for its outcome; ``key`` (its content digest) caches
-        it. Raises DeadlineExceededError (dropped unrun), EngineRestartingError,
+        """Queue one image in its scheduling class and wait for its outcome; ``key`` (its
+        content digest) caches it. Raises DeadlineExceededError (dropped unrun), EngineRestartingError,
         EngineClosedError, or the batch's own exception. Cancelling the call withdraws
         the image if it has not run yet."""
         ...

@@ -19,6 +19,7 @@ from typing import Final
 
 from PIL import Image
 
+from fashion_florence_client.protocol import Priority
 from service.backend import (
     DeviceFatalError,
     DeviceOutOfMemoryError,
@@ -90,6 +91,7 @@ class InProcessEngine:
             # is free, so a zero wait is exactly "dispatch at once when idle".
             max_wait_ms=settings.max_wait_ms if settings.batch_dispatch == "wait" else 0.0,
             observer=metrics,
+            batch_min_share=settings.batch_min_share,
         )
         self._device_checker = ThreadPoolExecutor(1, thread_name_prefix="device-check")
         self._device_check: asyncio.Future[None] | None = None
@@ -115,9 +117,14 @@ class InProcessEngine:
         return self.cache is not None and CacheKey(key, self.info.revision) in self.cache
 
     async def infer(
-        self, prepared: PreparedImage, *, deadline: float, key: str | None
+        self,
+        prepared: PreparedImage,
+        *,
+        deadline: float,
+        key: str | None,
+        priority: Priority = Priority.INTERACTIVE,
     ) -> TimedOutcome:
-        timed = await self.batcher.submit_timed(prepared, deadline=deadline)
+        timed = await self.batcher.submit_timed(prepared, deadline=deadline, priority=priority)
         outcome = timed.result
         if self.cache is not None and key is not None and outcome.ok:
             self.cache.put(CacheKey(key, self.info.revision), outcome, _estimated_bytes(outcome))

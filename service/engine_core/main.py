@@ -208,7 +208,7 @@ class CoreLoop:
         reply: m.Reply
         try:
             timed = await self._engine.infer(
-                submit.pixels, deadline=submit.deadline, key=submit.key
+                submit.pixels, deadline=submit.deadline, key=submit.key, priority=submit.priority
             )
             reply = m.Done(submit.request, timed)
         except asyncio.CancelledError:

@@ -12,7 +12,7 @@ service. Each gauge says how the processes' values combine (``multiprocess_mode`
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -30,6 +30,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from fashion_florence_client.problems import ErrorCode
+from fashion_florence_client.protocol import Priority
 from service.backend import ModelInfo
 from service.telemetry.process_metrics import ServiceProcessCollector
 from service.telemetry.record import RequestRecord
@@ -81,6 +82,15 @@ class ServiceMetrics:
         self.queue_depth_gauge = Gauge(
             "ff_queue_depth", "Images waiting for a batch", registry=r,
             multiprocess_mode="livesum",
+        )  # fmt: skip
+        # Per scheduling class (fashion_florence_client.protocol.Priority): two series each.
+        self.images_waiting = Gauge(
+            "ff_images_waiting", "Images waiting in the engine core, by scheduling class",
+            ["class"], registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.images_running = Gauge(
+            "ff_images_running", "Images in the engine's running batch, by scheduling class",
+            ["class"], registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
         self.queue_wait_seconds = Histogram(
             "ff_queue_wait_seconds",
@@ -171,6 +181,9 @@ class ServiceMetrics:
             self.rejections.labels(reason)
         for stage in DEADLINE_STAGES:
             self.deadline_drops.labels(stage)
+        for priority in Priority:
+            self.images_waiting.labels(priority.value)
+            self.images_running.labels(priority.value)
 
     # BatchObserver protocol (service.engine_core.batching)
     def queue_depth(self, depth: int) -> None:
@@ -189,6 +202,12 @@ class ServiceMetrics:
 
     def cancelled_skip(self) -> None:
         self.cancellations.inc()
+
+    def scheduled(self, waiting: Mapping[Priority, int], running: Mapping[Priority, int]) -> None:
+        for priority, count in waiting.items():
+            self.images_waiting.labels(priority.value).set(count)
+        for priority, count in running.items():
+            self.images_running.labels(priority.value).set(count)
 
     def set_engine_state(self, state: str, all_states: tuple[str, ...]) -> None:
         for name in all_states:
