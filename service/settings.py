@@ -101,6 +101,19 @@ class Settings(BaseSettings):
     )
     max_wait_ms: float = Field(default=5.0, ge=0.0, le=10_000.0)
     queue_size: int = Field(default=256, ge=1, le=1_000_000)
+    scheduler: Literal["static", "iteration"] = Field(
+        default="static",
+        description="static: whole batches run to completion; iteration: images join and "
+        "leave the running decode at every step (needs jump-forward decoding).",
+    )
+    max_running_rows: int = Field(
+        default=64, ge=1, le=1024,
+        description="Iteration scheduler: the most rows decoding at once.",
+    )  # fmt: skip
+    encoder_budget: int = Field(
+        default=16, ge=1, le=1024,
+        description="Iteration scheduler: the most arrivals encoded (and joined) per iteration.",
+    )  # fmt: skip
     # Scheduling classes (X-Priority: interactive first, batch with a guaranteed share)
     batch_min_share: float = Field(
         default=0.25, ge=0.05, le=1.0,

@@ -1,8 +1,8 @@
 """The engine core's waiting images, in one FIFO lane per scheduling class.
 
-Interactive images are taken first; batch images are never starved: whenever both lanes
-hold work, at least ``batch_min_share`` of what is taken (rounded up, so at least one
-image) comes from the batch lane. Both schedulers take their work here: the static one a
+Interactive images are taken first; batch images are never starved: while both lanes
+hold work, ``batch_min_share`` of the images taken (one in four at the default 0.25,
+counted across takes) come from the batch lane. Both schedulers take their work here: the static one a
 whole batch at a time, the iteration-level one each iteration's encoder micro-batch.
 No model, metrics or HTTP is known here.
 """
@@ -10,7 +10,6 @@ No model, metrics or HTTP is known here.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -33,6 +32,7 @@ class Lanes(Generic[T]):
         self._lanes: dict[Priority, deque[T]] = {p: deque() for p in Priority}
         self._arrived = asyncio.Event()
         self.closed = False
+        self._credit = 0.0  # batch work's earned share of slots (see take)
 
     def __len__(self) -> int:
         return sum(len(lane) for lane in self._lanes.values())
@@ -42,6 +42,11 @@ class Lanes(Generic[T]):
 
     def put(self, item: T, priority: Priority) -> None:
         self._lanes[priority].append(item)
+        self._arrived.set()
+
+    def put_front(self, item: T, priority: Priority) -> None:
+        """Back at the head of its lane (taken, but could not run yet)."""
+        self._lanes[priority].appendleft(item)
         self._arrived.set()
 
     def close(self) -> None:
@@ -87,11 +92,21 @@ class Lanes(Generic[T]):
         expired; the caller has dealt with it)."""
         taken: list[T] = []
         interactive, batch = self._lanes[Priority.INTERACTIVE], self._lanes[Priority.BATCH]
-        if interactive and batch:
-            quota = math.ceil(self.batch_min_share * size)
-            taken += _pop(batch, quota, keep)
-        taken += _pop(interactive, size - len(taken), keep)
-        taken += _pop(batch, size - len(taken), keep)
+        while len(taken) < size and (interactive or batch):
+            lane = interactive
+            if interactive and batch:
+                # Batch work earns a share of every slot taken while both classes wait,
+                # and takes a slot whenever it has earned a whole one: one in four at
+                # 0.25, across takes, so even a micro-batch of one alternates fairly.
+                self._credit += self.batch_min_share
+                if self._credit >= 1.0:
+                    self._credit -= 1.0
+                    lane = batch
+            elif batch:
+                lane = batch
+            item = lane.popleft()
+            if keep(item):
+                taken.append(item)
         return taken
 
     def drain(self) -> list[T]:
@@ -100,12 +115,3 @@ class Lanes(Generic[T]):
         for lane in self._lanes.values():
             lane.clear()
         return items
-
-
-def _pop(lane: deque[T], count: int, keep: Callable[[T], bool]) -> list[T]:
-    popped: list[T] = []
-    while lane and len(popped) < count:
-        item = lane.popleft()
-        if keep(item):
-            popped.append(item)
-    return popped

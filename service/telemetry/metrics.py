@@ -48,7 +48,7 @@ TOKEN_BUCKETS: Final = (1, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1024)
 #: Admission's refusals (service.serving.admission) and where an expired image is dropped
 #: (service.serving.extraction: "intake"; service.engine_core.batching: the other two).
 REJECTION_REASONS: Final = (ErrorCode.QUEUE_FULL.value, ErrorCode.DRAINING.value)
-DEADLINE_STAGES: Final = ("intake", "queued", "waiting for the engine")
+DEADLINE_STAGES: Final = ("intake", "queued", "waiting for the engine", "decoding")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +91,19 @@ class ServiceMetrics:
         self.images_running = Gauge(
             "ff_images_running", "Images in the engine's running batch, by scheduling class",
             ["class"], registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        # The iteration-level scheduler (service.engine_core.iteration)
+        self.rows_running = Gauge(
+            "ff_rows_running", "Rows in the running decode (iteration scheduler)",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.iteration_seconds = Histogram(
+            "ff_iteration_duration_seconds", "Engine wall time per scheduler iteration",
+            buckets=QUEUE_BUCKETS_S, registry=r,
+        )  # fmt: skip
+        self.encoder_batch = Histogram(
+            "ff_encoder_batch_size", "Images encoded (rows joined) per iteration that encoded",
+            buckets=BATCH_BUCKETS, registry=r,
         )  # fmt: skip
         self.queue_wait_seconds = Histogram(
             "ff_queue_wait_seconds",
@@ -202,6 +215,13 @@ class ServiceMetrics:
 
     def cancelled_skip(self) -> None:
         self.cancellations.inc()
+
+    def iteration(self, seconds: float, encoded: int, running: int) -> None:
+        self.iteration_seconds.observe(seconds)
+        self.rows_running.set(running)
+        if encoded:
+            self.encoder_batch.observe(encoded)
+            self.images.inc(encoded)
 
     def scheduled(self, waiting: Mapping[Priority, int], running: Mapping[Priority, int]) -> None:
         for priority, count in waiting.items():
