@@ -99,12 +99,19 @@ def test_a_backfill_cannot_take_the_room_interactive_requests_need() -> None:
     assert codes == ["ok", "ok", "queue_full", "queue_full"]
 
 
-@pytest.fixture(scope="module")
-def demo_server() -> Iterator[str]:
+@pytest.fixture(scope="module", params=["static", "iteration"])
+def demo_server(request: pytest.FixtureRequest) -> Iterator[str]:
     """`fashion-florence serve` with the shipped demo model: supervisor, engine core, API
-    servers, every image over ZeroMQ."""
+    servers, every image over ZeroMQ; with each scheduler (batches of 4, or 4 rows
+    encoded per iteration)."""
     process, base_url = spawn_serve(
-        {"FF_MAX_BATCH_SIZE": "4", "FF_CACHE_ENABLED": "false", "FF_LOG_LEVEL": "warning"}
+        {
+            "FF_MAX_BATCH_SIZE": "4",
+            "FF_ENCODER_BUDGET": "4",
+            "FF_SCHEDULER": request.param,
+            "FF_CACHE_ENABLED": "false",
+            "FF_LOG_LEVEL": "warning",
+        }
     )
     try:
         with httpx.Client(base_url=base_url, timeout=2.0) as client:
@@ -132,6 +139,6 @@ def test_with_the_demo_model_the_class_travels_to_the_engine_core(demo_server: s
     assert answered.status_code == 200
     assert shop.status_code == 200
     assert all("attributes" in item for item in answered.json()["results"])
-    # Queued behind a batch of 4, the backfill's images waited and ran as batch work.
+    # Queued behind the first 4, the backfill's images waited and ran as batch work.
     assert {("ff_images_waiting", "batch"), ("ff_images_running", "batch")} <= seen
     assert ("ff_images_running", "interactive") not in seen
