@@ -16,7 +16,7 @@ PIP := $(BIN)/python -m pip
 # The lowest supported versions (scripts/constraints-min.txt), runtime and test runner only.
 VENV_MIN ?= .venv-min
 STAMP_MIN := $(VENV_MIN)/.installed
-MIN_TESTS ?= tests/service/inference
+MIN_TESTS ?= tests/service/inference tests/service/engine_core tests/service/ipc
 # The suite runs on this many pytest-xdist workers, a test file per worker at a time (module
 # fixtures such as a started server or Ray cluster stay in one process). Much of the suite
 # waits on subprocesses and sockets, so 2 workers suit a 2-core machine; 0 runs it serially.

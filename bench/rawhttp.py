@@ -26,6 +26,7 @@ _BOUNDARY = uuid.UUID(int=0x5EED).hex
 class RawResponse:
     status_code: int
     content: bytes
+    retry_after: str | None = None  # the Retry-After header, where the server sent one
 
     def json(self) -> Any:
         return json.loads(self.content)
@@ -86,6 +87,7 @@ class RawConnection:
         status = int(lines[0].split(" ", 2)[1])
         length = None
         closing = chunked = False
+        retry_after = None
         for line in lines[1:]:
             name, _, value = line.partition(":")
             key = name.strip().lower()
@@ -95,6 +97,8 @@ class RawConnection:
                 closing = True
             elif key == "transfer-encoding" and value.strip().lower() == "chunked":
                 chunked = True
+            elif key == "retry-after":
+                retry_after = value.strip()
         if chunked:
             content = await read_chunked(reader)
         elif length is None:
@@ -103,7 +107,7 @@ class RawConnection:
             content = await reader.readexactly(length)
         if closing:
             await self.close()
-        return RawResponse(status, content)
+        return RawResponse(status, content, retry_after)
 
     async def close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None

@@ -24,13 +24,14 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         choices=["demo", "florence-2-base", "florence-2-large"],
         help="demo = tiny model for tests; the others have real dimensions (GPU benchmarks)",
     )
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     demo.add_argument(
         "--gpt2-ranks",
         type=Path,
         default=None,
         help="GPT-2's BPE ranks (.tiktoken): the real-size presets get Florence-2's real "
-        "vocabulary (e.g. ../shared/data/tokenizers/gpt2.tiktoken)",
+        "vocabulary (e.g. ../shared/data/tokenizers/gpt2.tiktoken; default: none, the demo "
+        "tokenizer padded to Florence-2's size)",
     )
     demo.set_defaults(handler=_build_demo)
 
@@ -47,7 +48,10 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         required=True,
         help="clothing-small's folder (train/validation/test class folders)",
     )
-    trained.add_argument("--work", type=Path, default=None, help="keep data and stages here")
+    trained.add_argument(
+        "--work", type=Path, default=None,
+        help="keep data and stages here (default: a new temporary folder)",
+    )  # fmt: skip
     trained.add_argument("--progress", action="store_true", help="show training progress bars")
     trained.set_defaults(handler=_build_trained_demo)
 
@@ -62,17 +66,28 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="convert a checkpoint in Florence-2's original (trust_remote_code) layout, "
         "optionally with a LoRA adapter trained on it, into a servable native model",
     )
-    imported.add_argument("source", type=Path, help="original-layout model directory")
+    imported.add_argument(
+        "source", type=Path,
+        help="original-layout model folder (a local copy: download a hub id first)",
+    )  # fmt: skip
     imported.add_argument("out", type=Path, help="output directory (must not exist or be empty)")
-    imported.add_argument("--adapter", type=Path, default=None, help="PEFT LoRA adapter to merge")
+    imported.add_argument(
+        "--adapter", type=Path, default=None,
+        help="PEFT LoRA adapter trained on SRC, merged (default: none); it must have been "
+        "trained on this very base",
+    )  # fmt: skip
     imported.add_argument(
         "--profile",
         default="fashion-florence",
         choices=sorted(BUILTIN_PROFILES),
-        help="the text the model writes: this project's, or the paper's (paper: five "
-        "fields; paper-v1: four, occasion derived from the category)",
+        help="the text the model writes: fashion-florence (this project's), paper (the "
+        "paper's five fields, tags sorted), paper-v1 (its V1 adapter's four fields; "
+        "occasions derived by the V1 rules from the style tags, else the category)",
     )
-    imported.add_argument("--name", default=None, help="model name in the manifest")
+    imported.add_argument(
+        "--name", default=None,
+        help="model name in the manifest (default: SRC's folder name, +ADAPTER's)",
+    )  # fmt: skip
     imported.set_defaults(handler=_import)
 
     verify = actions.add_parser("verify", help="check a model directory against its manifest")

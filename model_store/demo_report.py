@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from model_store.data.dataset import read_split
 from model_store.data.weak_color import agreement, label_color
-from model_store.evaluation import evaluate_choices, evaluate_model
+from model_store.evaluation import evaluate_choices, evaluate_unconstrained
 from model_store.evaluation.predict import open_rgb
 
 REPORT_JSON: Final = "report.json"
@@ -54,7 +54,7 @@ def write_demo_report(
     for name, data in parts.items():
         for split in ("val", "test"):
             items = data / f"{split}.jsonl"
-            report = evaluate_model(items, str(model_dir), figures_dir / f"{name}-{split}")
+            report = evaluate_unconstrained(items, str(model_dir), figures_dir / f"{name}-{split}")
             scores[f"{name}/{split}"] = _summary(report)
             served[f"{name}/{split}"] = evaluate_choices(items, str(model_dir))
     result = {

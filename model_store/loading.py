@@ -84,7 +84,9 @@ def _from_pretrained(source: str) -> tuple[Florence2ForConditionalGeneration, Fl
         hint = (
             " HF_HUB_OFFLINE is set, so only local directories and cached hub ids load."
             if offline
-            else " Give a local directory in native Florence-2 format, or check hub access."
+            else " Give a local directory in native Florence-2 format, or check hub access "
+            "(HF_HUB_OFFLINE=1 stops the retries offline). microsoft/Florence-2-* are in the "
+            f"original layout: download one, then {IMPORT_HINT.removeprefix('convert it once with ')}."
         )
         raise ModelLoadError(
             f"cannot load model {source!r}: {str(exc).rstrip('.')}.{hint}"

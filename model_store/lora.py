@@ -6,6 +6,9 @@ training share; writing a merged model to disk is :mod:`model_store.merge`.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
@@ -22,6 +25,18 @@ ADAPTER_WEIGHTS: Final = "adapter_model.safetensors"
 #: decoder); ``all-linear`` is what the paper's code did (peft's shortcut: every linear layer
 #: of vision tower, projector, encoder and decoder, except the output head).
 LORA_PRESETS: Final[dict[str, str]] = {"decoder": DECODER_LINEARS, "all-linear": "all-linear"}
+
+
+@contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Around wrapping a model in peft: peft reads transformers' deprecated
+    ``is_gradient_checkpointing`` there, and the FutureWarning it prints on every ``train``
+    and ``merge`` is for peft to act on, not our users. Only that warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+        )
+        yield
 
 
 class AdapterError(Exception):
@@ -63,7 +78,8 @@ def merge_adapter(
 ) -> Florence2ForConditionalGeneration:
     """Fold a LoRA adapter into ``model``'s weights and return the plain model."""
     check_adapter_dir(adapter_dir)
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    with peft_wrapping():
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     merged = peft_model.merge_and_unload()
     if not isinstance(merged, Florence2ForConditionalGeneration):
         raise AdapterError(f"merging {adapter_dir} gave {type(merged).__name__}, not Florence-2")

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -52,6 +53,11 @@ TICK_S: Final = 0.25
 #: A core loop silent this long (not a long batch: that is the stall limit's) is wedged.
 HEARTBEAT_STALE_S: Final = 30.0
 STOP_TIMEOUT_S: Final = 10.0
+
+
+#: The engine core's entry point: ``run_engine_core`` (benchmarks pass one that serves an
+#: instant model, to measure the API servers alone).
+CoreTarget = Callable[[Settings, CoreAddress, SharedState, Connection], None]
 
 
 class StartupError(Exception):
@@ -96,8 +102,15 @@ def bind_listener(settings: Settings) -> socket.socket:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, servers: int, listener: socket.socket) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        servers: int,
+        listener: socket.socket,
+        core_target: CoreTarget | None = None,
+    ) -> None:
         self.settings = settings
+        self._core_target = core_target
         self._context = multiprocessing.get_context("spawn")
         self._run_dir = Path(tempfile.mkdtemp(prefix="fashion-florence-"))
         self._metrics_dir = self._run_dir / "metrics"
@@ -135,7 +148,7 @@ class Supervisor:
         self._generation += 1
         ours, theirs = self._context.Pipe(duplex=False)
         core = self._context.Process(
-            target=run_engine_core,
+            target=self._core_target or run_engine_core,
             args=(self.settings, self.address, self.state, theirs),
             name=f"ff-engine-core-{self._generation}",
         )

@@ -7,8 +7,10 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
+from typing import IO
 
 import httpx
 import pytest
@@ -20,18 +22,34 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: Each server's stderr, kept in a file (a pipe nobody reads would fill with access-log
+#: lines and block the server), read back by :func:`stderr_of`.
+_STDERR: dict[int, IO[bytes]] = {}
+
+
 def spawn_serve(env: Mapping[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     """The server on a free loopback port, with this environment plus ``env``; stderr kept
-    for the failure message. Returns the process and its base URL."""
+    for the failure message (:func:`stderr_of`). Returns the process and its base URL."""
     port = free_port()
     full = {**os.environ, "FF_HOST": "127.0.0.1", "FF_PORT": str(port), **env}
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (kept open for stderr_of)
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve"],
         env=full,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
+    _STDERR[process.pid] = log
     return process, f"http://127.0.0.1:{port}"
+
+
+def stderr_of(process: subprocess.Popen[bytes]) -> str:
+    """What a server from :func:`spawn_serve` wrote to stderr so far."""
+    log = _STDERR.get(process.pid)
+    if log is None:
+        return ""
+    log.seek(0)
+    return log.read().decode(errors="replace")
 
 
 def wait_ready(
@@ -44,7 +62,7 @@ def wait_ready(
     is not ready in time. ``seen`` collects every status answered on the way."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+        assert process.poll() is None, stderr_of(process)
         try:
             status = client.get("/readyz").status_code
         except httpx.TransportError:

@@ -134,12 +134,16 @@ def _count_file(name: str) -> Path:
     return Path(path)
 
 
-def start_ours(model_dir: Path, *, engine_process: bool = False) -> Served:
-    """Our service; ``engine_process``: the ablation with the engine in its own process
-    (``FF_ENGINE_PROCESS``), named ``ours-engine-process``."""
-    env = {"FF_ENGINE_PROCESS": "true"} if engine_process else {}
+#: The ablation's name: ours with another number of API servers than the default.
+ABLATION: Final = "ours-2-api-servers"
+
+
+def start_ours(model_dir: Path, *, api_servers: int | None = None) -> Served:
+    """Our service as shipped (``FF_API_SERVERS`` derived from the CPUs), or with
+    ``api_servers`` API servers (the ablation, named ``ours-N-api-servers``)."""
+    env = {} if api_servers is None else {"FF_API_SERVERS": str(api_servers)}
     handle = spawn_service(model_dir, env, timeout_s=START_TIMEOUT_S)
-    name = "ours-engine-process" if engine_process else "ours"
+    name = "ours" if api_servers is None else f"ours-{api_servers}-api-servers"
     return Served(name, handle, f"{handle.base_url}/metrics", ok_means_valid=True)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -168,6 +169,16 @@ def build_dataset(
     )
 
 
+def _relative_images(records: list[Record], out_dir: Path) -> list[Record]:
+    """Image paths relative to the dataset's folder (``read_jsonl`` resolves them against
+    it), so a dataset moved or copied together with its images keeps working."""
+    base = out_dir.resolve()
+    return [
+        r.model_copy(update={"image": os.path.relpath(Path(r.image).resolve(), base)})
+        for r in records
+    ]
+
+
 def write_build(
     splits: dict[str, list[Record]],
     out_dir: Path,
@@ -185,7 +196,7 @@ def write_build(
         raise DataError(f"split leak: {leaks.summary()}")
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
-        write_jsonl(out_dir / f"{name}.jsonl", splits[name])
+        write_jsonl(out_dir / f"{name}.jsonl", _relative_images(splits[name], out_dir))
 
     kept = {name: len(splits[name]) for name in SPLITS}
     report: dict[str, Any] = {

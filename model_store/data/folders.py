@@ -93,10 +93,12 @@ def folder_record(image: FolderImage, category: Category, *, weak_colors: bool) 
     weak: tuple[Field, ...] = ()
     color: Color = "unknown"
     if weak_colors:
-        from model_store.data.weak_color import label_color
-        from model_store.evaluation.predict import open_rgb
+        from PIL import Image  # not evaluation's open_rgb: that module brings torch
 
-        answer = label_color(open_rgb(str(image.path)))
+        from model_store.data.weak_color import label_color
+
+        with Image.open(image.path) as opened:
+            answer = label_color(opened.convert("RGB"))
         if answer.color is not None:
             color, weak = answer.color, ("primary_color",)
     if not weak:

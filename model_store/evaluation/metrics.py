@@ -31,6 +31,11 @@ CLASS_LABELS: Final[dict[str, tuple[str, ...]]] = {
     "primary_color": COLORS,
     "material": (*MATERIALS, "null"),
 }
+#: The figures a run's summary leads with (``train``'s validation, ``eval``'s output).
+HEADLINE_METRICS: Final = (
+    "n", "valid_json_rate", "category_accuracy", "primary_color_accuracy",
+    "material_accuracy", "style_f1", "occasion_f1",
+)  # fmt: skip
 OTHER: Final = "(other)"  # a value outside the schema
 INVALID: Final = "(invalid)"  # no valid JSON object (or no output at all)
 _MISSING: Final = object()
@@ -116,6 +121,18 @@ _NAMES: Final = {
     "style_tags": "style_f1",
     "occasion_tags": "occasion_f1",
 }
+
+
+def headline(report: Mapping[str, Any]) -> dict[str, Any]:
+    """:data:`HEADLINE_METRICS` of a report, None for a field no item has a label for (a
+    0.0 there would read as a model that is always wrong), with the denominators."""
+    fields = {name: field for field, name in _NAMES.items()}
+    counts = report["denominators"]
+    out = {
+        key: None if key in fields and not counts[fields[key]] else report[key]
+        for key in HEADLINE_METRICS
+    }
+    return {**out, "denominators": counts}
 
 
 def _summary(scores: Sequence[ItemScore], unknown: Sequence[Collection[str]]) -> dict[str, Any]:

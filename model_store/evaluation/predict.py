@@ -1,8 +1,12 @@
-"""Run a model over dataset records and keep its raw output text, for scoring.
+"""Run a model over dataset records and keep the output text, for scoring.
 
-Greedy decoding, like the service: the paper evaluates the model's own output, and raw
-text (not parsed attributes) is what :mod:`model_store.evaluation.metrics` scores, so
-our model and external systems go through the same code.
+Text (not parsed attributes) is what :mod:`model_store.evaluation.metrics` scores, so our
+model and external systems go through the same code. A :data:`Predictor` turns a batch of
+images into that text. What the service answers comes from predictors the service's CLI
+hands in (:class:`ServedDecoding`: the serving engine, its schema grammar and the model's
+output profile; model_store never imports the service). :func:`generate_texts` is plain
+``generate`` without a grammar: the model's own unconstrained text, as the paper scores
+it, for code here that has no service (the demo build, tests).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from PIL import Image
 from transformers import Florence2ForConditionalGeneration, Florence2Processor
 
 from model_store.data.dataset import DataError, Record
+from model_store.predictors import Predictor, PredictorFactory
 
 #: A plain model, or one with a (not yet merged) LoRA adapter: both generate the same way.
 Generator = Florence2ForConditionalGeneration | PeftModel
@@ -83,7 +88,38 @@ def predict_records(
     return outputs
 
 
-def write_predictions(path: Path, outputs: dict[str, str]) -> None:
+def predict_with(
+    predictor: Predictor, records: Sequence[Record], *, batch_size: int = 32
+) -> dict[str, str | None]:
+    """id -> the predictor's text for every record."""
+    outputs: dict[str, str | None] = {}
+    for chunk in _chunks(records, batch_size):
+        texts = predictor([open_rgb(record.image) for record in chunk])
+        outputs.update(zip((record.id for record in chunk), texts, strict=True))
+    return outputs
+
+
+def generate_predictor(
+    model_path: str, *, device: str = "cpu", max_new_tokens: int = 96
+) -> PredictorFactory:
+    """Plain ``generate`` (no grammar) on a model loaded by model_store."""
+
+    def load() -> Predictor:
+        from model_store.loading import load_model
+
+        loaded = load_model(model_path, device=device)
+
+        def predict(images: Sequence[Image.Image]) -> list[str | None]:
+            prompt = loaded.manifest.prompt
+            texts = generate_texts(loaded.model, loaded.processor, prompt, images, max_new_tokens=max_new_tokens)  # fmt: skip
+            return list(texts)
+
+        return predict
+
+    return load
+
+
+def write_predictions(path: Path, outputs: dict[str, str | None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as handle:
         for item, text in sorted(outputs.items()):

@@ -45,10 +45,9 @@ def confusion_png(confusion: dict[str, Any], title: str, path: Path) -> None:
     plt.close(figure)
 
 
-def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# Evaluation: {report.get('system', 'predictions')}", ""]
-    lines.append(f"Test set: `{report.get('test', '?')}`, {report['n']} items.")
-    lines += ["", "| metric | all items | valid outputs only |", "|---|---|---|"]
+def _table(report: dict[str, Any]) -> list[str]:
+    """The headline metrics over both denominators."""
+    lines = ["| metric | all items | valid outputs only |", "|---|---|---|"]
     valid = report["valid_only"]
     lines.append(f"| n | {report['n']} | {valid['n']} |")
     for key, label, field in HEADLINE:
@@ -62,6 +61,34 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {label} | {report[key]:.3f} (n={n_all}) | {valid[key]:.3f} (n={n_valid}) |"
         )
+    return lines
+
+
+def _runs(report: dict[str, Any]) -> list[str]:
+    """Which run is the headline, what each run means, and the other runs' tables."""
+    figures: dict[str, str] = report.get("figures", {})
+    if not figures:
+        return []
+    headline = report.get("headline")
+    lines = ["", "Figures:"]
+    lines += [
+        f"- **{name}**{' (the tables above)' if name == headline else ''}: {meaning}"
+        for name, meaning in figures.items()
+    ]
+    for name in figures:
+        if name != headline and name in report:
+            lines += ["", f"## {name}", "", *_table(report[name])]
+            lines.append(f"\nSchema-valid rate: {report[name]['schema_valid_rate']:.3f}.")
+    return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Evaluation: {report.get('system', 'predictions')}", ""]
+    lines.append(f"Test set: `{report.get('test', '?')}`, {report['n']} items.")
+    headline = report.get("headline")
+    if headline:
+        lines.append(f"Headline: **{headline}** ({report['figures'][headline]}).")
+    lines += ["", *_table(report)]
     lines += [
         "",
         f"Schema-valid rate: {report['schema_valid_rate']:.3f}. Missing predictions: "
@@ -75,7 +102,7 @@ def markdown(report: dict[str, Any]) -> str:
     for field, table in report["per_class"].items():
         lines += [
             "",
-            f"## {field}",
+            f"## {field}{f' ({headline})' if headline else ''}",
             "",
             "| class | precision | recall | support |",
             "|---|---|---|---|",
@@ -87,6 +114,7 @@ def markdown(report: dict[str, Any]) -> str:
                 )
         if field in report["confusion"]:
             lines += ["", f"![{field} confusion](confusion_{field}.png)"]
+    lines += _runs(report)
     return "\n".join(lines) + "\n"
 
 

@@ -23,7 +23,9 @@ from transformers import Florence2ForConditionalGeneration
 
 from model_store.importing.errors import CheckpointImportError
 from model_store.importing.keys import map_module_path
+from model_store.importing.layout import require_local_folder
 from model_store.importing.weights import read_pickle
+from model_store.lora import peft_wrapping
 
 PREFIX: Final = "base_model.model."
 _LORA_KEY: Final = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A|lora_B)\.(?P<param>weight|bias)$")
@@ -33,6 +35,7 @@ _UNSUPPORTED: Final = ("modules_to_save", "rank_pattern", "alpha_pattern", "laye
 
 
 def _read_adapter(adapter_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    require_local_folder(adapter_dir, "the adapter")
     config_path = adapter_dir / "adapter_config.json"
     if not config_path.is_file():
         raise CheckpointImportError(f"{adapter_dir} is not a PEFT adapter (no adapter_config.json)")
@@ -84,7 +87,8 @@ def merge_converted(
 ) -> Florence2ForConditionalGeneration:
     """Apply an original-layout adapter to a native model and fold it into the weights."""
     config, weights = convert_adapter(adapter_dir)
-    wrapped = PeftModel(model, config)
+    with peft_wrapping():
+        wrapped = PeftModel(model, config)
     result: Any = set_peft_model_state_dict(wrapped, weights)
     missing = [k for k in result.missing_keys if "lora_" in k]
     unexpected = list(result.unexpected_keys)

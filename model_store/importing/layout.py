@@ -17,7 +17,22 @@ from transformers import BartConfig, Florence2Config, Florence2VisionConfig
 
 from model_store.importing.errors import CheckpointImportError
 
-IMPORT_HINT: Final = "convert it once with `fashion-florence model import SRC OUT` and serve OUT"
+IMPORT_HINT: Final = (
+    "convert it once with `fashion-florence model import SRC OUT` (SRC a local folder: "
+    "download a hub id first, `hf download ID --local-dir SRC`) and use OUT instead: "
+    "FF_MODEL_PATH=OUT to serve it, `--base OUT` to train on it"
+)
+
+
+def require_local_folder(path: Path, what: str) -> None:
+    """``model import`` reads local files only; a hub id gets the command that fetches it."""
+    if not path.is_dir():
+        raise CheckpointImportError(
+            f"{what} {path} is not a local folder: `model import` reads a downloaded copy "
+            f"and never the hub; download it first (`hf download {path} --local-dir DIR`, "
+            "where a hub is reachable) and pass DIR"
+        )
+
 
 #: The image features the native projector computes; the original makes them configurable.
 NATIVE_FEATURE_SOURCE: Final = ["spatial_avg_pool", "temporal_avg_pool"]
@@ -42,6 +57,7 @@ def is_original_config(config: dict[str, Any]) -> bool:
 
 
 def read_config(directory: Path) -> dict[str, Any]:
+    require_local_folder(directory, "the checkpoint")
     path = directory / "config.json"
     if not path.is_file():
         raise CheckpointImportError(f"{directory} has no config.json")

@@ -102,10 +102,17 @@ class PixelBackend:
 
 
 def load_backend(settings: Settings) -> PixelBackend:
-    """Load and warm the real engine (torch is imported in this process only)."""
+    """Load and warm the real engine (torch is imported in this process only). A model
+    that cannot be loaded is named by the setting that chose it."""
+    from model_store.loading import ModelLoadError
     from service.inference.engine import load_engine
 
-    backend = PixelBackend(load_engine(settings))
+    try:
+        engine = load_engine(settings)
+    except ModelLoadError as exc:
+        chosen = f"FF_MODEL_PATH={settings.model_path}" if settings.model_path else "the demo model"
+        raise ModelLoadError(f"{chosen}: {exc}") from exc
+    backend = PixelBackend(engine)
     backend.warmup()
     return backend
 

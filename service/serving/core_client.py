@@ -194,8 +194,18 @@ class CoreClient:
 
     async def _read_replies(self) -> None:
         while True:
-            frames = await self._socket.recv_multipart(copy=False)
-            reply: m.Reply = decode(frames)
+            try:
+                frames = await self._socket.recv_multipart(copy=False)
+                reply: m.Reply = decode(frames)
+            except zmq.ZMQError:
+                if self._closed:
+                    return
+                log.exception("reading the engine core's replies failed; reading on")
+                await asyncio.sleep(WATCH_INTERVAL_S)
+                continue
+            except Exception:  # a reply that does not decode answers nobody; keep reading
+                log.exception("an engine core reply could not be decoded")
+                continue
             entry = self._pending.get(reply.request)
             if entry is not None and not entry[1].done():
                 entry[1].set_result(reply)

@@ -110,6 +110,16 @@ async def test_rerun_skips_done_and_retry_failed_redoes_errors(tmp_path: Path) -
     items = [r["item"] for r in lines(out)]
     assert sorted(items) == sorted([good, str(photos()[1]), str(photos()[2])])
     assert "images/s" in summary.render()
+    assert "--retry-failed" not in summary.render()  # nothing failed: nothing to redo
+
+
+def test_a_summary_with_failures_says_how_to_redo_them() -> None:
+    summary = catalogue.Summary(skipped=0)
+    summary.failed["connection_failed"] = 3
+    last = summary.render().splitlines()[-1]
+    assert "rerun with --retry-failed" in last
+    assert "the 3 failed item(s)" in last
+    assert "check that the service is up" in last
 
 
 async def test_local_mode_runs_the_service_in_process(

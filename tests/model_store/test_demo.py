@@ -17,7 +17,7 @@ from model_store.demo_cache import (
     verify_shipped,
 )
 from model_store.demo_report import REPORT_JSON, write_demo_report
-from model_store.evaluation import evaluate_model
+from model_store.evaluation import evaluate_unconstrained
 from model_store.manifest import (
     TRAINING_MANIFEST_NAME,
     ManifestError,
@@ -115,11 +115,13 @@ def test_a_short_rebuild_meets_the_quality_floor(
     assert set(build.seconds) == {"data", "vision", "pretrain", "lora"}
     parts = build.report["parts"]
     assert parts["real"]["kept"] == {"train": 24, "val": 24, "test": 24, "total": 72}
-    synthetic = evaluate_model(work / "data-synthetic" / "test.jsonl", str(model_dir), tmp_path / "s")  # fmt: skip
+    synthetic = evaluate_unconstrained(work / "data-synthetic" / "test.jsonl", str(model_dir), tmp_path / "s")  # fmt: skip
     assert synthetic["n"] >= 20
     assert synthetic["valid_json_rate"] >= 0.95
     assert synthetic["primary_color_accuracy"] >= COLOR_FLOOR, synthetic["per_class"]
-    real = evaluate_model(work / "data-photos" / "test.jsonl", str(model_dir), tmp_path / "r")
+    real = evaluate_unconstrained(
+        work / "data-photos" / "test.jsonl", str(model_dir), tmp_path / "r"
+    )
     assert real["denominators"]["category"] == 24
     assert real["denominators"]["material"] == 0  # partial labels end to end
     training = read_training_manifest(model_dir)

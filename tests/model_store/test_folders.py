@@ -90,3 +90,16 @@ def test_cli_builds_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "needs --mapping" in capsys.readouterr().out
     assert cli_main([*argv, "--mapping", str(mapping)]) == 0
     assert read_report(tmp_path / "out")["kept"] == {"train": 3, "val": 0, "test": 3, "total": 6}
+
+
+def test_a_dataset_moved_with_its_images_still_reads(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    root = _collection(project / "photos", ("train", "validation", "test"), per_class=1)
+    build_folder_dataset(root, MAPPING, project / "data", weak_colors=False)
+    lines = (project / "data" / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    assert all(json.loads(line)["image"].startswith("../photos/train/") for line in lines)
+    moved = project.rename(tmp_path / "elsewhere")
+    records = [r for s in ("train", "val", "test") for r in read_split(moved / "data", s)]
+    assert len(records) == 9
+    assert all(Path(r.image).is_file() for r in records)
+    assert all(Path(r.image).resolve().is_relative_to(moved) for r in records)

@@ -210,8 +210,26 @@ def test_a_pickle_with_code_is_refused_unrun(source: Path, tmp_path: Path) -> No
 
 
 def test_serving_an_original_directory_names_the_import_command(source: Path) -> None:
-    with pytest.raises(ModelLoadError, match="fashion-florence model import"):
+    with pytest.raises(ModelLoadError, match="fashion-florence model import") as raised:
         load_model(str(source))
+    # The same loader serves and trains: the hint says where OUT goes in both.
+    assert "FF_MODEL_PATH=OUT" in str(raised.value)
+    assert "--base OUT" in str(raised.value)
+
+
+def test_a_hub_id_as_source_or_adapter_says_to_download_it_first(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.cli import main as cli_main
+
+    out = tmp_path / "out"
+    assert cli_main(["model", "import", "microsoft/Florence-2-base", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "not a local folder" in printed
+    assert "hf download microsoft/Florence-2-base --local-dir DIR" in printed
+    assert cli_main(["model", "import", str(source), str(out), "--adapter", "org/adapter"]) == 1
+    assert "hf download org/adapter --local-dir DIR" in capsys.readouterr().out
+    assert not out.exists()
 
 
 def _train_adapter(tree: OriginalFlorence2, out: Path) -> None:

@@ -15,13 +15,20 @@ from transformers import Florence2ForConditionalGeneration
 
 from fashion_florence_client.schema import FashionAttributes
 from model_store.loading import ModelLoadError, load_model
-from model_store.lora import ADAPTER_WEIGHTS, AdapterError, decoder_lora_config, merge_adapter
+from model_store.lora import (
+    ADAPTER_WEIGHTS,
+    AdapterError,
+    decoder_lora_config,
+    merge_adapter,
+    peft_wrapping,
+)
 from model_store.manifest import MANIFEST_NAME, verify_directory
 from model_store.merge import write_merged
 from tests.conftest import photo_paths
 
 # peft 0.21 still calls the deprecated transformers 5 name; not our code.
-pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+# train and merge must not print peft's deprecation warning at users (model_store.lora.peft_wrapping).
+pytestmark = pytest.mark.filterwarnings("error:.*is_gradient_checkpointing:FutureWarning")
 
 TOLERANCE = 1e-5
 TARGET = FashionAttributes(
@@ -62,7 +69,8 @@ def adapter_case(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     batch = {**inputs, "labels": labels}
     base_logits = logits_of(loaded.model, batch)
 
-    peft_model = get_peft_model(loaded.model, decoder_lora_config())
+    with peft_wrapping():
+        peft_model = get_peft_model(loaded.model, decoder_lora_config())
     generator = torch.Generator().manual_seed(1234)
     lora_modules = []
     for name, module in peft_model.named_modules():

@@ -1,4 +1,5 @@
-"""HTTP-only code must not drag torch or transformers into the process, and nothing but the
+"""The API servers' and the supervisor's code (and the engine core's modules, until its
+process loads the model) must not drag torch or transformers into the process, and nothing but the
 Ray job's own run drags Ray in (the server's install does not have it)."""
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ LIGHT_MODULES = (
     "service.engine_core.batching",
     "service.serving.extraction",
     "service.serving.lifecycle",
+    "service.serving.core_client",
+    "service.http.server",
+    "service.supervisor",
+    "service.ipc.messages",
+    "service.ipc.channel",
+    "service.ipc.shared_state",
+    "service.engine_core.main",
+    "service.engine_core.local",
     "service.local_job",
     "service.cli",
     "service.jobs.cli",

@@ -127,7 +127,17 @@ class Summary:
             f"done {self.done}, failed {failed}" + (f" ({by_code})" if by_code else "")
             + f", skipped {self.skipped} (already in the output); "
             f"{self.processed} in {self.elapsed_s:.1f}s = {self.images_per_s:.2f} images/s"
+            + self._next_step(failed)
         )  # fmt: skip
+
+    def _next_step(self, failed: int) -> str:
+        """A plain rerun skips failed items too (they are in the output): say how to redo them."""
+        if not failed:
+            return ""
+        step = f"\nthe {failed} failed item(s) are kept as errors; rerun with --retry-failed to redo them"
+        if self.failed.get("connection_failed"):
+            step += " (connection_failed: check that the service is up at --server)"
+        return step
 
 
 def result_line(item: str, result: Any) -> dict[str, Any]:
@@ -266,7 +276,9 @@ def register(
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     cmd.add_argument("inputs", nargs="*", metavar="PATH_OR_URL", help="image files, folders, URLs")
-    cmd.add_argument("--from-file", type=Path, help="a list of paths/URLs, one per line")
+    cmd.add_argument(
+        "--from-file", type=Path, help="a list of paths/URLs, one per line (default: none)"
+    )
     cmd.add_argument("--out", type=Path, required=True, help="JSONL output; reruns resume it")
     cmd.add_argument(
         "--concurrency", type=_positive, default=8, help="requests in flight (default 8)"

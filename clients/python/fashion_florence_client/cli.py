@@ -11,6 +11,7 @@ import argparse
 from collections.abc import Sequence
 
 from fashion_florence_client import catalogue
+from fashion_florence_client.cli_help import document_defaults
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     catalogue.register(commands)
-    return parser
+    return document_defaults(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
