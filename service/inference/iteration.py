@@ -11,7 +11,7 @@ masks), and the grammar, drafts and verification are the same code
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -19,9 +19,23 @@ import torch
 from service.backend import ItemOutcome, PreparedImage
 from service.inference.decoding.jump_forward import JumpForwardDecoder
 from service.inference.decoding.rows import Row, RunningSet
-from service.inference.engine import FlorenceEngine
 
 T = TypeVar("T")
+
+
+class FlorenceEngine(Protocol):
+    """What the runner needs of :class:`service.inference.engine.FlorenceEngine` (named
+    by its parts: only the engine core loads the engine module)."""
+
+    @property
+    def device(self) -> torch.device: ...
+    @property
+    def jump_forward_decoder(self) -> JumpForwardDecoder | None: ...
+    def pixel_values(self, images: Sequence[PreparedImage]) -> torch.Tensor: ...
+    def normalize_pixels(self, pixels: Any) -> torch.Tensor: ...
+    def prompt_ids(self, rows: int) -> torch.Tensor: ...
+    def outcome(self, tokens: list[int], logprobs: list[float] | None) -> ItemOutcome: ...
+    def guarded_call(self, size: int, run: Callable[[], T]) -> T: ...
 
 
 class IterationRunner:

@@ -117,22 +117,29 @@ class SharedState:
         classes = _CLASSES if priority is None else (priority,)
         return sum(self._ints[self._slot(i, p)] for p in classes for i in range(self.servers))
 
-    def try_acquire(self, server: int, images: int, priority: Priority, limit: int) -> bool:
+    def try_acquire(
+        self,
+        server: int,
+        images: int,
+        priority: Priority = Priority.INTERACTIVE,
+        limit: int | None = None,
+    ) -> bool:
         with self._lock:
             if not self.fits(images, priority, limit):
                 return False
             self._ints[self._slot(server, priority)] += images
             return True
 
-    def release(self, server: int, images: int, priority: Priority) -> None:
+    def release(self, server: int, images: int, priority: Priority = Priority.INTERACTIVE) -> None:
         with self._lock:
             slot = self._slot(server, priority)
             self._ints[slot] = max(0, self._ints[slot] - images)
 
-    def fits(self, images: int, priority: Priority, limit: int) -> bool:
-        return (
-            self.admitted() + images <= self.capacity and self.admitted(priority) + images <= limit
-        )
+    def fits(
+        self, images: int, priority: Priority = Priority.INTERACTIVE, limit: int | None = None
+    ) -> bool:
+        cap = self.capacity if limit is None else limit  # None: the class may use it all
+        return self.admitted() + images <= self.capacity and self.admitted(priority) + images <= cap
 
     def forget_server(self, server: int) -> None:
         """A dead API server's admitted images go back to the pool."""
@@ -153,11 +160,15 @@ class SharedPool:
     def capacity(self) -> int:
         return self._state.capacity
 
-    def try_acquire(self, images: int, priority: Priority, limit: int) -> bool:
+    def try_acquire(
+        self, images: int, priority: Priority = Priority.INTERACTIVE, limit: int | None = None
+    ) -> bool:
         return self._state.try_acquire(self._server, images, priority, limit)
 
-    def release(self, images: int, priority: Priority) -> None:
+    def release(self, images: int, priority: Priority = Priority.INTERACTIVE) -> None:
         self._state.release(self._server, images, priority)
 
-    def fits(self, images: int, priority: Priority, limit: int) -> bool:
+    def fits(
+        self, images: int, priority: Priority = Priority.INTERACTIVE, limit: int | None = None
+    ) -> bool:
         return self._state.fits(images, priority, limit)

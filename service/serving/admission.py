@@ -34,14 +34,18 @@ class CapacityPool(Protocol):
     @property
     def capacity(self) -> int: ...
 
-    def try_acquire(self, images: int, priority: Priority, limit: int) -> bool:
+    def try_acquire(
+        self, images: int, priority: Priority = Priority.INTERACTIVE, limit: int | None = None
+    ) -> bool:
         """Hold ``images`` more of class ``priority`` if they fit both the capacity and
-        ``limit``, the most that class may hold (all or nothing, atomic across processes)."""
+        ``limit``, the most that class may hold (None: the capacity) (all or nothing, atomic across processes)."""
         ...
 
-    def release(self, images: int, priority: Priority) -> None: ...
+    def release(self, images: int, priority: Priority = Priority.INTERACTIVE) -> None: ...
 
-    def fits(self, images: int, priority: Priority, limit: int) -> bool:
+    def fits(
+        self, images: int, priority: Priority = Priority.INTERACTIVE, limit: int | None = None
+    ) -> bool:
         """Whether ``images`` more would fit now (holds nothing)."""
         ...
 
@@ -57,18 +61,23 @@ class LocalPool:
     def capacity(self) -> int:
         return self._capacity
 
-    def try_acquire(self, images: int, priority: Priority, limit: int) -> bool:
+    def try_acquire(
+        self, images: int, priority: Priority = Priority.INTERACTIVE, limit: int | None = None
+    ) -> bool:
         if not self.fits(images, priority, limit):
             return False
         self._held[priority] += images
         return True
 
-    def release(self, images: int, priority: Priority) -> None:
+    def release(self, images: int, priority: Priority = Priority.INTERACTIVE) -> None:
         self._held[priority] = max(0, self._held[priority] - images)
 
-    def fits(self, images: int, priority: Priority, limit: int) -> bool:
+    def fits(
+        self, images: int, priority: Priority = Priority.INTERACTIVE, limit: int | None = None
+    ) -> bool:
         total = sum(self._held.values())
-        return total + images <= self._capacity and self._held[priority] + images <= limit
+        cap = self._capacity if limit is None else limit  # None: the class may use it all
+        return total + images <= self._capacity and self._held[priority] + images <= cap
 
 
 def class_limits(capacity: int, batch_share: float) -> dict[Priority, int]:
