@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from fashion_florence_client.protocol import Priority
 from fashion_florence_client.schema import AttributeConfidence, FashionAttributes
 
 #: One image as the backend's ``preprocess`` left it, opaque to the service: it is only
@@ -140,6 +141,32 @@ class InferenceBackend(Protocol):
     def close(self) -> None: ...
 
 
+class StepRunner(Protocol):
+    """A backend's running set of rows, driven one decoder step at a time (the engine core's
+    iteration-level scheduler). Rows are named by the caller's ``tags``. Synchronous: one
+    thread calls it. :class:`DeviceOutOfMemoryError` from :meth:`join` leaves nothing
+    joined, and from :meth:`step` leaves every row as it was, so either can be retried."""
+
+    @property
+    def running(self) -> int: ...
+
+    def join(self, images: Sequence[PreparedImage], tags: Sequence[int]) -> None:
+        """Encode ``images`` and add their rows; they decode from the next step on."""
+        ...
+
+    def leave(self, tags: Sequence[int]) -> None:
+        """Drop these rows (cancelled, expired, evicted) before the next step."""
+        ...
+
+    def step(self) -> list[tuple[int, ItemOutcome]]:
+        """One decoder step for every row; the rows it finished, which have left."""
+        ...
+
+    def reset(self) -> None:
+        """Forget every row (a step failed other than by running out of memory)."""
+        ...
+
+
 class Engine(Protocol):
     """The model as the serving layer sees it: one image in, one timed outcome out.
     Batching, the result cache and the device are behind it."""
@@ -158,10 +185,15 @@ class Engine(Protocol):
         ...
 
     async def infer(
-        self, prepared: PreparedImage, *, deadline: float, key: str | None
+        self,
+        prepared: PreparedImage,
+        *,
+        deadline: float,
+        key: str | None,
+        priority: Priority = Priority.INTERACTIVE,
     ) -> TimedOutcome:
-        """Queue one image and wait for its outcome; ``key`` (its content digest) caches
-        it. Raises DeadlineExceededError (dropped unrun), EngineRestartingError,
+        """Queue one image in its scheduling class and wait for its outcome; ``key`` (its
+        content digest) caches it. Raises DeadlineExceededError (dropped unrun), EngineRestartingError,
         EngineClosedError, or the batch's own exception. Cancelling the call withdraws
         the image if it has not run yet."""
         ...

@@ -101,6 +101,30 @@ class Settings(BaseSettings):
     )
     max_wait_ms: float = Field(default=5.0, ge=0.0, le=10_000.0)
     queue_size: int = Field(default=256, ge=1, le=1_000_000)
+    scheduler: Literal["static", "iteration"] = Field(
+        default="static",
+        description="static: whole batches run to completion; iteration: images join and "
+        "leave the running decode at every step (needs jump-forward decoding).",
+    )
+    max_running_rows: int = Field(
+        default=64, ge=1, le=1024,
+        description="Iteration scheduler: the most rows decoding at once.",
+    )  # fmt: skip
+    encoder_budget: int = Field(
+        default=16, ge=1, le=1024,
+        description="Iteration scheduler: the most arrivals encoded (and joined) per iteration.",
+    )  # fmt: skip
+    # Scheduling classes (X-Priority: interactive first, batch with a guaranteed share)
+    batch_min_share: float = Field(
+        default=0.25, ge=0.05, le=1.0,
+        description="While interactive images wait, the least share of each batch's images "
+        "that goes to waiting batch-class images, so a backfill is slowed, never starved.",
+    )  # fmt: skip
+    batch_admission_share: float = Field(
+        default=0.75, ge=0.05, le=1.0,
+        description="The most of the capacity (queue_size + max_batch_size) that batch-class "
+        "images may hold; the rest stays free for interactive requests.",
+    )  # fmt: skip
     preprocess_threads: int = Field(default=4, ge=1, le=256)
     gc_freeze: bool = Field(
         default=True,

@@ -4,7 +4,9 @@ It runs in the engine core process (and in process for tests and ``extract --loc
 
 One collector task groups queued requests into batches (by size, or by a deadline from the
 first item's arrival) and runs each on a single dedicated worker thread: model calls are
-serialized and never block the event loop. No HTTP, model or metrics library is known here.
+serialized and never block the event loop. Requests wait in one lane per scheduling class
+(:mod:`.lanes`): interactive images join a batch first, batch images keep a guaranteed
+share of it. No HTTP, model or metrics library is known here.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from fashion_florence_client.protocol import Priority
 from service.backend import DeadlineExceededError, EngineClosedError
+from service.engine_core.lanes import Lanes
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -48,6 +52,10 @@ class BatchObserver(Protocol):
     def batch_run(self, size: int, seconds: float) -> None: ...  # per batch: run_batch time
     def deadline_drop(self, stage: str) -> None: ...  # per expired item, never run
     def cancelled_skip(self) -> None: ...  # per item whose caller left before its batch
+    # Per class: images waiting and images running, after each put and each batch's start and end.
+    def scheduled(
+        self, waiting: Mapping[Priority, int], running: Mapping[Priority, int]
+    ) -> None: ...
 
 
 class NullObserver:
@@ -56,6 +64,9 @@ class NullObserver:
     def batch_run(self, size: int, seconds: float) -> None: ...
     def deadline_drop(self, stage: str) -> None: ...
     def cancelled_skip(self) -> None: ...
+    def scheduled(
+        self, waiting: Mapping[Priority, int], running: Mapping[Priority, int]
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +91,7 @@ class _Pending(Generic[ItemT, ResultT]):
     future: asyncio.Future[Batched[ResultT]]
     enqueued_at: float
     deadline: float | None = None  # time.monotonic(); None = no deadline
+    priority: Priority = Priority.INTERACTIVE
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
@@ -95,6 +107,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         observer: BatchObserver | None = None,
         name: str = "engine",
         idle_poll_s: float = 1.0,
+        batch_min_share: float = 0.25,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -108,10 +121,12 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         # The collector never waits longer than this for a first item, so the heartbeat keeps
         # ticking while idle and a liveness probe can tell "idle" from "wedged".
         self.idle_poll_s = idle_poll_s
+        self._batch_min_share = batch_min_share
+        Lanes[object](batch_min_share)  # validates the share now, not at start()
 
-        # None in the queue is the stop sentinel: it lands behind every accepted item, so
-        # stopping drains the queue in order instead of racing it.
-        self._queue: asyncio.Queue[_Pending[ItemT, ResultT] | None] | None = None
+        # Closing the lanes is the stop signal: the collector drains what they hold first.
+        self._queue: Lanes[_Pending[ItemT, ResultT]] | None = None
+        self._running: dict[Priority, int] = dict.fromkeys(Priority, 0)
         self._executor: ThreadPoolExecutor | None = None
         self._collector: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
@@ -125,7 +140,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize() if self._queue is not None else 0
+        return len(self._queue) if self._queue is not None else 0
 
     @property
     def running(self) -> bool:
@@ -145,7 +160,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             return
         # Unbounded: admission (``service.serving.admission``) is the service's one bound on
         # how much work it holds; a second limit here could only disagree with it.
-        self._queue = asyncio.Queue()
+        self._queue = Lanes(self._batch_min_share)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
         self._heartbeat = time.monotonic()
         self._accepting = True
@@ -171,7 +186,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         try:
             async with asyncio.timeout(timeout_s):
                 if not collector.done():
-                    queue.put_nowait(None)
+                    queue.close()
                 await asyncio.shield(collector)
             executor.shutdown(wait=True)  # the thread is idle: this returns at once
         except TimeoutError:
@@ -188,25 +203,38 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         with a stall limit, since the heartbeat stands still while a batch runs."""
         return self._busy_since
 
-    async def submit(self, item: ItemT, *, deadline: float | None = None) -> ResultT:
+    async def submit(
+        self,
+        item: ItemT,
+        *,
+        deadline: float | None = None,
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> ResultT:
         """Queue one item and wait for its result (or its batch's exception).
 
         ``deadline`` (``time.monotonic()``) is checked when the batch forms and again just
         before the model runs: an expired item fails with :class:`DeadlineExceededError`
         and never reaches ``run_batch``.
         """
-        return (await self.submit_timed(item, deadline=deadline)).result
+        return (await self.submit_timed(item, deadline=deadline, priority=priority)).result
 
-    async def submit_timed(self, item: ItemT, *, deadline: float | None = None) -> Batched[ResultT]:
-        """:meth:`submit`, with when the item queued, ran and in how large a batch."""
+    async def submit_timed(
+        self,
+        item: ItemT,
+        *,
+        deadline: float | None = None,
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> Batched[ResultT]:
+        """:meth:`submit`, with when the item queued, ran and in how large a batch;
+        ``priority`` is its scheduling class."""
         if not self.running or self._queue is None:
             raise BatcherClosedError(f"batcher {self._name} is not running")
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             raise DeadlineExceededError("waiting for admission")
         future: asyncio.Future[Batched[ResultT]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(item, future, now, deadline))
-        self._notify(self._observer.queue_depth, self._queue.qsize())
+        self._queue.put(_Pending(item, future, now, deadline, priority), priority)
+        self._report_depth()
         # If our caller is cancelled, awaiting cancels `future` too; the collector sees that
         # and skips the item, so abandoned requests cost no model time.
         return await future
@@ -237,56 +265,48 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                     return
         finally:
             # Only reached with items left on cancellation (stop timeout): fail them loudly.
-            while not queue.empty():
-                pending = queue.get_nowait()
-                if pending is not None and not pending.future.done():
-                    pending.future.set_exception(BatcherClosedError("batcher stopped"))
+            _fail(queue.drain(), BatcherClosedError("batcher stopped"))
 
     async def _next_batch(
-        self, queue: asyncio.Queue[_Pending[ItemT, ResultT] | None]
+        self, queue: Lanes[_Pending[ItemT, ResultT]]
     ) -> tuple[list[_Pending[ItemT, ResultT]], bool]:
-        """Collect one batch; the flag says the stop sentinel was reached."""
-        batch: list[_Pending[ItemT, ResultT]] = []
-        deadline = 0.0
-        while len(batch) < self._max_batch_size:
-            if not batch:
-                try:
-                    entry = await asyncio.wait_for(queue.get(), self.idle_poll_s)
-                except TimeoutError:
-                    self._heartbeat = time.monotonic()
-                    continue
-            elif not queue.empty():
-                # Already waiting items join even past the deadline: taking them costs no
-                # latency (this is also what max_wait_ms=0 means).
-                entry = queue.get_nowait()
-            else:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    entry = await asyncio.wait_for(queue.get(), remaining)
-                except TimeoutError:
-                    break
-            if entry is None:
-                return batch, True
-            if entry.future.done():  # caller went away
-                self._notify(self._observer.cancelled_skip)
+        """Collect one batch; the flag says the lanes were closed and are now empty."""
+        while True:
+            if not await queue.wait(self.idle_poll_s):
+                self._heartbeat = time.monotonic()
                 continue
-            if entry.expired(time.monotonic()):
-                self._expire(entry, "queued")
-                continue
-            if not batch:
-                # Measured from the first item's arrival, not from when the collector got to
+            oldest = queue.oldest(lambda p: p.enqueued_at)
+            if oldest is not None and self._max_wait_s > 0:
+                # Measured from the oldest item's arrival, not from when the collector got to
                 # it: an item that already waited behind a busy worker gets no extra delay.
-                deadline = entry.enqueued_at + self._max_wait_s
-            batch.append(entry)
-        return batch, False
+                await queue.fill(self._max_batch_size, oldest + self._max_wait_s)
+            batch = queue.take(self._max_batch_size, self._still_wanted)
+            if batch or (queue.closed and not len(queue)):
+                return batch, queue.closed and not len(queue)
+
+    def _still_wanted(self, pending: _Pending[ItemT, ResultT]) -> bool:
+        if pending.future.done():  # caller went away
+            self._notify(self._observer.cancelled_skip)
+            return False
+        if pending.expired(time.monotonic()):
+            self._expire(pending, "queued")
+            return False
+        return True
+
+    def _report_depth(self) -> None:
+        if self._queue is None:
+            return
+        self._notify(self._observer.queue_depth, len(self._queue))
+        waiting = {p: self._queue.waiting(p) for p in Priority}
+        self._notify(self._observer.scheduled, waiting, dict(self._running))
 
     async def _run(self, batch: list[_Pending[ItemT, ResultT]]) -> None:
         assert self._executor is not None
         assert self._queue is not None
         batch = [p for p in batch if not p.future.done()]  # callers may have left meanwhile
-        self._notify(self._observer.queue_depth, self._queue.qsize())
+        for pending in batch:
+            self._running[pending.priority] += 1
+        self._report_depth()
         if not batch:
             return
         started = time.monotonic()
@@ -303,6 +323,8 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         finally:
             self._in_flight = 0
             self._busy_since = None
+            self._running = dict.fromkeys(Priority, 0)
+            self._report_depth()
             elapsed = time.monotonic() - started
             self._drain.append((len(batch), elapsed))
             self._notify(self._observer.batch_run, len(batch), elapsed)

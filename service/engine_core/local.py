@@ -19,6 +19,7 @@ from typing import Final
 
 from PIL import Image
 
+from fashion_florence_client.protocol import Priority
 from service.backend import (
     DeviceFatalError,
     DeviceOutOfMemoryError,
@@ -27,10 +28,12 @@ from service.backend import (
     ItemOutcome,
     ModelInfo,
     PreparedImage,
+    StepRunner,
     TimedOutcome,
 )
 from service.engine_core.batching import MicroBatcher
 from service.engine_core.cache import CacheKey, ResultCache
+from service.engine_core.iteration import IterationScheduler
 from service.settings import Settings
 from service.telemetry.metrics import ServiceMetrics
 
@@ -83,16 +86,29 @@ class InProcessEngine:
             self.cache = ResultCache(
                 settings.cache_max_entries, settings.cache_max_bytes, metrics.cache
             )
-        self.batcher: MicroBatcher[PreparedImage, ItemOutcome] = MicroBatcher(
+        self._device_checker = ThreadPoolExecutor(1, thread_name_prefix="device-check")
+        self._device_check: asyncio.Future[None] | None = None
+        self.batcher: MicroBatcher[PreparedImage, ItemOutcome] | IterationScheduler
+        runner = _step_runner(backend) if settings.scheduler == "iteration" else None
+        if runner is not None:
+            self.batcher = IterationScheduler(
+                runner,
+                max_rows=settings.max_running_rows,
+                encoder_budget=settings.encoder_budget,
+                batch_min_share=settings.batch_min_share,
+                observer=metrics,
+                on_error=self._on_step_error,
+            )
+            return
+        self.batcher = MicroBatcher(
             self._run_batch,
             max_batch_size=settings.max_batch_size,
             # The batcher runs one batch at a time and forms the next only once the engine
             # is free, so a zero wait is exactly "dispatch at once when idle".
             max_wait_ms=settings.max_wait_ms if settings.batch_dispatch == "wait" else 0.0,
             observer=metrics,
+            batch_min_share=settings.batch_min_share,
         )
-        self._device_checker = ThreadPoolExecutor(1, thread_name_prefix="device-check")
-        self._device_check: asyncio.Future[None] | None = None
 
     @property
     def info(self) -> ModelInfo:
@@ -115,9 +131,14 @@ class InProcessEngine:
         return self.cache is not None and CacheKey(key, self.info.revision) in self.cache
 
     async def infer(
-        self, prepared: PreparedImage, *, deadline: float, key: str | None
+        self,
+        prepared: PreparedImage,
+        *,
+        deadline: float,
+        key: str | None,
+        priority: Priority = Priority.INTERACTIVE,
     ) -> TimedOutcome:
-        timed = await self.batcher.submit_timed(prepared, deadline=deadline)
+        timed = await self.batcher.submit_timed(prepared, deadline=deadline, priority=priority)
         outcome = timed.result
         if self.cache is not None and key is not None and outcome.ok:
             self.cache.put(CacheKey(key, self.info.revision), outcome, _estimated_bytes(outcome))
@@ -139,6 +160,10 @@ class InProcessEngine:
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self._mark_dead, repr(exc))
             raise
+
+    def _on_step_error(self, exc: BaseException) -> None:
+        if isinstance(exc, DeviceFatalError):
+            self._mark_dead(repr(exc))
 
     def _mark_dead(self, reason: str) -> None:
         if self._dead is None:
@@ -190,6 +215,16 @@ class InProcessEngine:
         await self.batcher.stop()
         self._device_checker.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self.backend.close)
+
+
+def _step_runner(backend: InferenceBackend) -> StepRunner | None:
+    """The backend's running set for the iteration scheduler, or None (it has none, say a
+    fake or a model without jump-forward decoding: the static scheduler serves then)."""
+    make = getattr(backend, "step_runner", None)
+    runner: StepRunner | None = make() if make is not None else None
+    if runner is None:
+        log.warning("FF_SCHEDULER=iteration: the backend cannot step; using static batching")
+    return runner
 
 
 def _estimated_bytes(outcome: ItemOutcome) -> int:

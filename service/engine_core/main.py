@@ -36,6 +36,7 @@ from service.backend import (
     ItemOutcome,
     ModelInfo,
     PreparedImage,
+    StepRunner,
 )
 from service.engine_core.local import InProcessEngine
 from service.gc_freeze import freeze_startup_objects
@@ -81,6 +82,14 @@ class PixelBackend:
         pixels: npt.NDArray[np.uint8] = np.stack(images)
         outcomes: list[ItemOutcome] = self._engine.run_pixels(pixels)
         return outcomes
+
+    def step_runner(self) -> StepRunner | None:
+        """The running set the iteration scheduler drives (jump-forward decoding only)."""
+        from service.inference.iteration import IterationRunner, uint8_pixels
+
+        if self._engine.jump_forward_decoder is None:
+            return None
+        return IterationRunner(self._engine, uint8_pixels(self._engine))
 
     def warmup(self) -> None:
         self._engine.warmup()
@@ -215,7 +224,7 @@ class CoreLoop:
         reply: m.Reply
         try:
             timed = await self._engine.infer(
-                submit.pixels, deadline=submit.deadline, key=submit.key
+                submit.pixels, deadline=submit.deadline, key=submit.key, priority=submit.priority
             )
             reply = m.Done(submit.request, timed)
         except asyncio.CancelledError:

@@ -11,11 +11,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fashion_florence_client.problems import ErrorCode
 from fashion_florence_client.protocol import (
+    PRIORITY_HEADER,
     BatchFailure,
     BatchResponse,
     BatchSuccess,
     ExtractResponse,
     ItemError,
+    Priority,
     TimingMs,
     UrlBatchRequest,
     UrlRequest,
@@ -70,9 +72,27 @@ def _body_doc(image: dict[str, Any], json_body: type[BaseModel]) -> dict[str, An
     }
 
 
-_REQUEST_BODY_DOC = _body_doc(_FILE, UrlRequest)
+def _priority_doc(default: Priority) -> dict[str, Any]:
+    """The ``X-Priority`` header's OpenAPI (read by hand, so a bad value is a problem+json
+    ``invalid_request`` like every other)."""
+    return {
+        "name": PRIORITY_HEADER,
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "enum": [p.value for p in Priority], "default": default},
+        "description": "Scheduling class: waiting interactive images run first (batch work "
+        "keeps a guaranteed share, FF_BATCH_MIN_SHARE), and batch work may hold only "
+        "FF_BATCH_ADMISSION_SHARE of the capacity. Backfills should send `batch`.",
+    }
+
+
+_REQUEST_BODY_DOC = _body_doc(_FILE, UrlRequest) | {
+    "parameters": [_priority_doc(Priority.INTERACTIVE)]
+}
 # maxItems is the deployment's FF_MAX_BATCH_ITEMS, filled in by service.http.openapi.
-_BATCH_BODY_DOC = _body_doc({"type": "array", "items": _FILE, "minItems": 1}, UrlBatchRequest)
+_BATCH_BODY_DOC = _body_doc({"type": "array", "items": _FILE, "minItems": 1}, UrlBatchRequest) | {
+    "parameters": [_priority_doc(Priority.BATCH)]
+}
 
 
 def _media_type(request: Request) -> str:
@@ -154,6 +174,19 @@ def _deadline(request: Request, extractor: Extractor) -> float:
     return extractor.deadline_after_ms(timeout_ms)
 
 
+def _priority(request: Request, default: Priority) -> Priority:
+    raw = request.headers.get(PRIORITY_HEADER)
+    if raw is None:
+        return default
+    try:
+        return Priority(raw.strip().lower())
+    except ValueError:
+        allowed = " or ".join(p.value for p in Priority)
+        raise ServiceError(
+            ErrorCode.INVALID_REQUEST, f"{PRIORITY_HEADER} must be {allowed}"
+        ) from None
+
+
 async def _single_payload(request: Request, settings: Settings) -> bytes | str:
     media_type = _media_type(request)
     if media_type == "multipart/form-data":
@@ -197,7 +230,8 @@ async def extract(
 ) -> ExtractResponse:
     deadline = _deadline(request, extractor)
     # Admitted before the body is parsed: under overload the refusal costs microseconds.
-    async with extractor.admit(1) as permit:
+    priority = _priority(request, Priority.INTERACTIVE)
+    async with extractor.admit(1, priority) as permit:
         payload = await _single_payload(request, request.app.state.settings)
         result = await cancel_on_disconnect(
             request, extractor.extract(payload, permit, deadline, min_tag_confidence)
@@ -228,7 +262,8 @@ async def extract_batch(
 ) -> BatchResponse:
     deadline = _deadline(request, extractor)
     # Refused before parsing when nothing could be admitted; each item takes its own image.
-    async with extractor.admit(0) as permit:
+    priority = _priority(request, Priority.BATCH)
+    async with extractor.admit(0, priority) as permit:
         payloads = await _batch_payloads(request, request.app.state.settings)
         results = await cancel_on_disconnect(
             request, extractor.extract_many(payloads, permit, deadline, min_tag_confidence)

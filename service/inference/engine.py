@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -32,12 +32,14 @@ from service.backend import (
 from service.inference.decoding.confidence import attribute_confidence
 from service.inference.decoding.decoders import DecodingMode, build_decoder
 from service.inference.decoding.grammar import SchemaGrammar
+from service.inference.decoding.jump_forward import JumpForwardDecoder
 from service.inference.preprocessing import DeviceStager, PlainTransform, stack_on_device
 from service.settings import DtypeName, Settings
 
 __all__ = ["FlorenceEngine", "PlainTransform", "decoding_mode", "load_engine"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DTYPES: Final = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OUTPUT_PREVIEW_CHARS: Final = 200
@@ -231,17 +233,39 @@ class FlorenceEngine:
             raise ValueError("run_pixels needs a plain image processor (see resize_spec)")
         if not len(pixels):
             return []
-        transform = self._transform
+        return self._guarded(len(pixels), lambda: self._generate(self.normalize_pixels(pixels)))
 
-        def normalized() -> torch.Tensor:
-            batch = torch.from_numpy(pixels)  # no copy: the caller's memory, read in place
-            if self._device.type == "cuda":
-                batch = batch.to(self._device)
-            return transform.normalize_batch(batch, self._dtype)
+    def normalize_pixels(self, pixels: npt.NDArray[np.uint8]) -> torch.Tensor:
+        """``pixel_values`` from B x H x W x 3 uint8 (read in place: no copy on CPU)."""
+        if self._transform is None:
+            raise ValueError("normalize_pixels needs a plain image processor (see resize_spec)")
+        batch = torch.from_numpy(pixels)
+        if self._device.type == "cuda":
+            batch = batch.to(self._device)
+        return self._transform.normalize_batch(batch, self._dtype)
 
-        return self._guarded(len(pixels), lambda: self._generate(normalized()))
+    # What the iteration-level runner (service.inference.iteration) builds on.
+    @property
+    def device(self) -> torch.device:
+        return self._device
 
-    def _guarded(self, size: int, run: Callable[[], list[ItemOutcome]]) -> list[ItemOutcome]:
+    @property
+    def jump_forward_decoder(self) -> JumpForwardDecoder | None:
+        decoder = getattr(self._decoder, "decoder", None)
+        return decoder if isinstance(decoder, JumpForwardDecoder) else None
+
+    def prompt_ids(self, rows: int) -> torch.Tensor:
+        ids: torch.Tensor = self._prompt_ids.unsqueeze(0).expand(rows, -1)
+        return ids
+
+    def outcome(self, tokens: list[int], logprobs: list[float] | None) -> ItemOutcome:
+        return self._outcome(tokens, logprobs)
+
+    def guarded_call(self, size: int, run: Callable[[], T]) -> T:
+        """``run()`` with device errors classified as :meth:`run_batch` does."""
+        return self._guarded(size, run)
+
+    def _guarded(self, size: int, run: Callable[[], T]) -> T:
         try:
             return run()
         except RuntimeError as exc:  # torch.OutOfMemoryError is one too

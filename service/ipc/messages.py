@@ -9,7 +9,8 @@ field, :attr:`Submit.pixels`, travels as its own zero-copy frame (:mod:`service.
     Describe(request)                     ->    Described(request, info, side, resample)
     Lookup(request, key)                  ->    Found(request, outcome | None)
     Submit(request, generation, deadline,
-           key, pixels H x W x 3 uint8)   ->    Done(request, timed) | Failed(request, ...)
+           key, pixels H x W x 3 uint8,
+           priority)                      ->    Done(request, timed) | Failed(request, ...)
     Cancel(request)                       ->    (no reply; the image is skipped if not run)
 """
 
@@ -21,6 +22,7 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
+from fashion_florence_client.protocol import Priority
 from service.backend import ItemOutcome, ModelInfo, TimedOutcome
 
 
@@ -43,13 +45,15 @@ class Lookup:
 class Submit:
     """One image to run. ``deadline`` is ``time.monotonic()`` (one clock for every process
     on the host); ``generation`` is the engine core's the server saw when it sent it, so
-    a new core never runs what was meant for a dead one."""
+    a new core never runs what was meant for a dead one; ``priority`` is the request's
+    scheduling class."""
 
     request: int
     generation: int
     deadline: float
     key: str | None
     pixels: npt.NDArray[np.uint8]
+    priority: Priority = Priority.INTERACTIVE
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,9 +3,10 @@ numbers in shared memory, read without a message and without a syscall.
 
 * the engine core's status and generation (the supervisor writes them; API servers read
   them for ``/readyz``, ``/healthz`` and to answer what a dead core left unanswered);
-* the images each API server has admitted (the service's one capacity, checked and
-  taken under one lock, so a request is refused in microseconds whichever server takes
-  it; the supervisor zeroes a dead server's slot);
+* the images each API server has admitted, per scheduling class (the service's one
+  capacity and each class's limit, checked and taken under one lock, so a request is
+  refused in microseconds whichever server takes it; the supervisor zeroes a dead
+  server's slots);
 * what the engine core publishes about itself: its backlog's drain estimate (for
   ``Retry-After``) and its scheduler's heartbeat (for the supervisor's stall check).
 """
@@ -18,8 +19,12 @@ from enum import IntEnum
 from multiprocessing.context import SpawnContext
 from typing import Any, Final
 
+from fashion_florence_client.protocol import Priority
+
 _STATUS, _GENERATION, _DEATHS, _CORE_PID = range(4)
 _SLOTS_START: Final = 4
+#: Admitted images are counted per server and class: class-major, a row of servers each.
+_CLASSES: Final = tuple(Priority)
 _RETRY_AFTER, _HEARTBEAT, _BUSY_SINCE, _RESTART_BEGAN = range(4)
 
 
@@ -45,7 +50,7 @@ class SharedState:
 
     @classmethod
     def create(cls, context: SpawnContext, capacity: int, servers: int) -> SharedState:
-        ints = context.RawArray("q", _SLOTS_START + servers)
+        ints = context.RawArray("q", _SLOTS_START + len(_CLASSES) * servers)
         floats = context.RawArray("d", 4)
         return cls(ints, floats, context.Lock(), capacity, servers)
 
@@ -103,29 +108,44 @@ class SharedState:
         busy = float(self._floats[_BUSY_SINCE])
         return busy or None
 
-    # Admission: the service's one capacity
-    def admitted(self) -> int:
-        return sum(self._ints[_SLOTS_START + i] for i in range(self.servers))
+    # Admission: the service's one capacity, and each class's share of it
+    def _slot(self, server: int, priority: Priority) -> int:
+        return _SLOTS_START + _CLASSES.index(priority) * self.servers + server
 
-    def try_acquire(self, server: int, images: int) -> bool:
+    def admitted(self, priority: Priority | None = None) -> int:
+        """Images admitted by every server: of one class, or of all."""
+        classes = _CLASSES if priority is None else (priority,)
+        return sum(self._ints[self._slot(i, p)] for p in classes for i in range(self.servers))
+
+    def try_acquire(
+        self,
+        server: int,
+        images: int,
+        priority: Priority = Priority.INTERACTIVE,
+        limit: int | None = None,
+    ) -> bool:
         with self._lock:
-            if self.admitted() + images > self.capacity:
+            if not self.fits(images, priority, limit):
                 return False
-            self._ints[_SLOTS_START + server] += images
+            self._ints[self._slot(server, priority)] += images
             return True
 
-    def release(self, server: int, images: int) -> None:
+    def release(self, server: int, images: int, priority: Priority = Priority.INTERACTIVE) -> None:
         with self._lock:
-            slot = _SLOTS_START + server
+            slot = self._slot(server, priority)
             self._ints[slot] = max(0, self._ints[slot] - images)
 
-    def fits(self, images: int) -> bool:
-        return self.admitted() + images <= self.capacity
+    def fits(
+        self, images: int, priority: Priority = Priority.INTERACTIVE, limit: int | None = None
+    ) -> bool:
+        cap = self.capacity if limit is None else limit  # None: the class may use it all
+        return self.admitted() + images <= self.capacity and self.admitted(priority) + images <= cap
 
     def forget_server(self, server: int) -> None:
         """A dead API server's admitted images go back to the pool."""
         with self._lock:
-            self._ints[_SLOTS_START + server] = 0
+            for priority in _CLASSES:
+                self._ints[self._slot(server, priority)] = 0
 
 
 class SharedPool:
@@ -140,11 +160,15 @@ class SharedPool:
     def capacity(self) -> int:
         return self._state.capacity
 
-    def try_acquire(self, images: int) -> bool:
-        return self._state.try_acquire(self._server, images)
+    def try_acquire(
+        self, images: int, priority: Priority = Priority.INTERACTIVE, limit: int | None = None
+    ) -> bool:
+        return self._state.try_acquire(self._server, images, priority, limit)
 
-    def release(self, images: int) -> None:
-        self._state.release(self._server, images)
+    def release(self, images: int, priority: Priority = Priority.INTERACTIVE) -> None:
+        self._state.release(self._server, images, priority)
 
-    def fits(self, images: int) -> bool:
-        return self._state.fits(images)
+    def fits(
+        self, images: int, priority: Priority = Priority.INTERACTIVE, limit: int | None = None
+    ) -> bool:
+        return self._state.fits(images, priority, limit)

@@ -27,6 +27,7 @@ import zmq
 import zmq.asyncio
 from PIL import Image
 
+from fashion_florence_client.protocol import Priority
 from service.backend import (
     DeadlineExceededError,
     EngineClosedError,
@@ -120,10 +121,15 @@ class CoreClient:
         return reply.outcome
 
     async def infer(
-        self, prepared: PreparedImage, *, deadline: float, key: str | None
+        self,
+        prepared: PreparedImage,
+        *,
+        deadline: float,
+        key: str | None,
+        priority: Priority = Priority.INTERACTIVE,
     ) -> TimedOutcome:
         number = self._next()
-        submit = m.Submit(number, self._generation, deadline, key, prepared)
+        submit = m.Submit(number, self._generation, deadline, key, prepared, priority)
         try:
             reply = await self._call(submit)
         except asyncio.CancelledError:

@@ -22,6 +22,7 @@ from typing import Final
 from PIL import Image
 
 from fashion_florence_client.problems import ErrorCode
+from fashion_florence_client.protocol import Priority
 from fashion_florence_client.schema import AttributeConfidence, FashionAttributes, filter_tags
 from service.backend import (
     DeadlineExceededError,
@@ -35,7 +36,7 @@ from service.backend import (
 from service.errors import ServiceError
 from service.intake import ImageFetcher, decode_image, run_with_budget
 from service.intake.digest import content_digest
-from service.serving.admission import Admission, CapacityPool, LocalPool, Permit
+from service.serving.admission import Admission, CapacityPool, LocalPool, Permit, class_limits
 from service.settings import Settings
 from service.telemetry.metrics import ServiceMetrics
 from service.telemetry.record import note_cache_hit, note_inference, note_item_error
@@ -77,22 +78,27 @@ class Extractor:
         )
         # Capacity = the queue plus one batch in the engine, across every API server: what
         # fits is admitted at once, anything more is refused before its body is parsed.
+        # Batch-class work may hold only part of it: a backfill leaves room for a shop page.
+        capacity = settings.queue_size + settings.max_batch_size
         self.admission = Admission(
-            pool or LocalPool(settings.queue_size + settings.max_batch_size),
+            pool or LocalPool(capacity),
             engine.retry_after_s,
             on_change=metrics.in_flight.set,
             on_reject=lambda reason: metrics.rejections.labels(reason).inc(),
+            limits=class_limits(capacity, settings.batch_admission_share),
         )
 
     async def stop(self) -> None:
         """Release the threads (the caller has waited for admitted work)."""
         await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=False)
 
-    def admit(self, images: int = 1) -> AbstractAsyncContextManager[Permit]:
+    def admit(
+        self, images: int = 1, priority: Priority = Priority.INTERACTIVE
+    ) -> AbstractAsyncContextManager[Permit]:
         """``async with``: admission for one request holding ``images`` images (0 for a
-        batch, whose items take theirs as they go); refused at once with ``queue_full`` or
-        ``draining``, before the caller reads the request's body."""
-        return self.admission.permit(images)
+        batch, whose items take theirs as they go) in scheduling class ``priority``; refused
+        at once with ``queue_full`` or ``draining``, before the caller reads the body."""
+        return self.admission.permit(images, priority)
 
     def _decode_and_prepare(self, data: bytes) -> PreparedImage:
         image: Image.Image = decode_image(
@@ -126,7 +132,8 @@ class Extractor:
         Tags below ``min_tag_confidence`` are dropped. Raises ServiceError."""
         if permit.images < 1:
             raise ValueError("extract() needs a permit holding one image")
-        return _filtered(await self._extract(payload, deadline), min_tag_confidence)
+        extraction = await self._extract(payload, deadline, permit.priority)
+        return _filtered(extraction, min_tag_confidence)
 
     async def extract_many(
         self,
@@ -160,13 +167,13 @@ class Extractor:
                     return hit
             permit.take()
             try:
-                return await self._extract(payload, deadline)
+                return await self._extract(payload, deadline, permit.priority)
             finally:
                 permit.give_back()
         except ServiceError as exc:
             return exc
 
-    async def _extract(self, data: bytes | str, deadline: float) -> Extraction:
+    async def _extract(self, data: bytes | str, deadline: float, priority: Priority) -> Extraction:
         """Fetch (URL) or take bytes, decode and preprocess (thread pool), run through the
         batcher. The caller holds the admission for it. Raises ServiceError."""
         try:
@@ -188,7 +195,7 @@ class Extractor:
             raise ServiceError(
                 ErrorCode.DEADLINE_EXCEEDED, "the deadline passed while fetching or decoding"
             ) from exc
-        return await self._infer(prepared, deadline, key)
+        return await self._infer(prepared, deadline, key, priority)
 
     async def _cached(self, key: str | None) -> Extraction | None:
         """The engine's cached answer for these bytes: no decode, no queue, no model."""
@@ -209,13 +216,17 @@ class Extractor:
             confidence=hit.confidence,
         )
 
-    async def _infer(self, prepared: PreparedImage, deadline: float, key: str | None) -> Extraction:
+    async def _infer(
+        self, prepared: PreparedImage, deadline: float, key: str | None, priority: Priority
+    ) -> Extraction:
         # Past the deadline an item still queued is dropped by the batcher; one already in
         # the engine is worth waiting for, but not past a stall (the pod is restarted then).
         guard_s = max(0.0, deadline - time.monotonic()) + self._settings.engine_stall_timeout_s
         try:
             async with asyncio.timeout(guard_s):
-                timed = await self._engine.infer(prepared, deadline=deadline, key=key)
+                timed = await self._engine.infer(
+                    prepared, deadline=deadline, key=key, priority=priority
+                )
         except TimeoutError as exc:
             raise ServiceError(
                 ErrorCode.DEADLINE_EXCEEDED, "the engine did not answer before the deadline"

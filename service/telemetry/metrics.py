@@ -12,7 +12,7 @@ service. Each gauge says how the processes' values combine (``multiprocess_mode`
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -30,6 +30,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from fashion_florence_client.problems import ErrorCode
+from fashion_florence_client.protocol import Priority
 from service.backend import ModelInfo
 from service.telemetry.process_metrics import ServiceProcessCollector
 from service.telemetry.record import RequestRecord
@@ -47,7 +48,7 @@ TOKEN_BUCKETS: Final = (1, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1024)
 #: Admission's refusals (service.serving.admission) and where an expired image is dropped
 #: (service.serving.extraction: "intake"; service.engine_core.batching: the other two).
 REJECTION_REASONS: Final = (ErrorCode.QUEUE_FULL.value, ErrorCode.DRAINING.value)
-DEADLINE_STAGES: Final = ("intake", "queued", "waiting for the engine")
+DEADLINE_STAGES: Final = ("intake", "queued", "waiting for the engine", "decoding")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,28 @@ class ServiceMetrics:
         self.queue_depth_gauge = Gauge(
             "ff_queue_depth", "Images waiting for a batch", registry=r,
             multiprocess_mode="livesum",
+        )  # fmt: skip
+        # Per scheduling class (fashion_florence_client.protocol.Priority): two series each.
+        self.images_waiting = Gauge(
+            "ff_images_waiting", "Images waiting in the engine core, by scheduling class",
+            ["class"], registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.images_running = Gauge(
+            "ff_images_running", "Images in the engine's running batch, by scheduling class",
+            ["class"], registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        # The iteration-level scheduler (service.engine_core.iteration)
+        self.rows_running = Gauge(
+            "ff_rows_running", "Rows in the running decode (iteration scheduler)",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.iteration_seconds = Histogram(
+            "ff_iteration_duration_seconds", "Engine wall time per scheduler iteration",
+            buckets=QUEUE_BUCKETS_S, registry=r,
+        )  # fmt: skip
+        self.encoder_batch = Histogram(
+            "ff_encoder_batch_size", "Images encoded (rows joined) per iteration that encoded",
+            buckets=BATCH_BUCKETS, registry=r,
         )  # fmt: skip
         self.queue_wait_seconds = Histogram(
             "ff_queue_wait_seconds",
@@ -171,6 +194,9 @@ class ServiceMetrics:
             self.rejections.labels(reason)
         for stage in DEADLINE_STAGES:
             self.deadline_drops.labels(stage)
+        for priority in Priority:
+            self.images_waiting.labels(priority.value)
+            self.images_running.labels(priority.value)
 
     # BatchObserver protocol (service.engine_core.batching)
     def queue_depth(self, depth: int) -> None:
@@ -189,6 +215,19 @@ class ServiceMetrics:
 
     def cancelled_skip(self) -> None:
         self.cancellations.inc()
+
+    def iteration(self, seconds: float, encoded: int, running: int) -> None:
+        self.iteration_seconds.observe(seconds)
+        self.rows_running.set(running)
+        if encoded:
+            self.encoder_batch.observe(encoded)
+            self.images.inc(encoded)
+
+    def scheduled(self, waiting: Mapping[Priority, int], running: Mapping[Priority, int]) -> None:
+        for priority, count in waiting.items():
+            self.images_waiting.labels(priority.value).set(count)
+        for priority, count in running.items():
+            self.images_running.labels(priority.value).set(count)
 
     def set_engine_state(self, state: str, all_states: tuple[str, ...]) -> None:
         for name in all_states:

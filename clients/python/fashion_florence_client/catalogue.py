@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, TextIO
 
 from fashion_florence_client.client import AsyncClient
 from fashion_florence_client.exceptions import ServiceCallError
+from fashion_florence_client.protocol import Priority
 from fashion_florence_client.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -231,6 +232,8 @@ async def _main(args: argparse.Namespace, items: list[str], open_client: ClientO
         "api_key": os.environ.get(API_KEY_ENV) or None,
         "timeout_s": args.timeout,
         "retry": RetryPolicy(max_attempts=args.retries + 1),
+        # A catalogue job is a backfill: it must not delay a shop page's interactive calls.
+        "priority": Priority.BATCH,
     }
     job = {"concurrency": args.concurrency, "retry_failed": args.retry_failed}
     job["progress"] = not args.no_progress

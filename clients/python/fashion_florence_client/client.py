@@ -30,7 +30,12 @@ import httpx
 from pydantic import ValidationError
 
 from fashion_florence_client.exceptions import InvalidInputError, ServerError, ServiceCallError
-from fashion_florence_client.protocol import ExtractResponse, ModelResponse
+from fashion_florence_client.protocol import (
+    PRIORITY_HEADER,
+    ExtractResponse,
+    ModelResponse,
+    Priority,
+)
 from fashion_florence_client.retry import Attempts, RetryPolicy, Wait, error_for
 
 #: Bytes are an image; a string starting with http(s):// is a URL; anything else a path.
@@ -82,6 +87,7 @@ class _Base:
         timeout_s: float,
         retry: RetryPolicy,
         rng: random.Random | None,
+        priority: Priority | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
@@ -90,6 +96,8 @@ class _Base:
         self._headers = {"User-Agent": USER_AGENT, TIMEOUT_HEADER: str(int(timeout_s * 1000))}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
+        if priority is not None:  # else each endpoint's default class
+            self._headers[PRIORITY_HEADER] = Priority(priority).value
         self._timeout = httpx.Timeout(timeout_s, connect=min(5.0, timeout_s))
 
     def __repr__(self) -> str:  # never the API key
@@ -115,8 +123,9 @@ class Client(_Base):
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        priority: Priority | None = None,
     ) -> None:
-        super().__init__(base_url, api_key=api_key, timeout_s=timeout_s, retry=retry or RetryPolicy(), rng=rng)  # fmt: skip
+        super().__init__(base_url, api_key=api_key, timeout_s=timeout_s, retry=retry or RetryPolicy(), rng=rng, priority=priority)  # fmt: skip
         self._sleep = sleep
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -183,8 +192,9 @@ class AsyncClient(_Base):
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        priority: Priority | None = None,
     ) -> None:
-        super().__init__(base_url, api_key=api_key, timeout_s=timeout_s, retry=retry or RetryPolicy(), rng=rng)  # fmt: skip
+        super().__init__(base_url, api_key=api_key, timeout_s=timeout_s, retry=retry or RetryPolicy(), rng=rng, priority=priority)  # fmt: skip
         self._sleep = sleep
         self._http = httpx.AsyncClient(
             base_url=self.base_url,

@@ -3,7 +3,8 @@ schema) from these models, the client parses answers with them, so the two canno
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from enum import StrEnum
+from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, Field
 
@@ -23,6 +24,21 @@ _BATCH_URL_DOC = (
     "URL is answered as this item's `url_not_allowed` error, like every other per-image "
     "failure, and the other items are still answered."
 )
+
+
+#: The request header that picks a request's scheduling class (:class:`Priority`).
+PRIORITY_HEADER: Final = "X-Priority"
+
+
+class Priority(StrEnum):
+    """A request's scheduling class. ``/v1/extract`` is interactive by default and
+    ``/v1/extract/batch`` batch; the ``X-Priority`` header overrides either. Waiting
+    interactive images are run first (batch work keeps a guaranteed share), and batch work
+    may hold only part of the service's capacity, so a backfill cannot crowd out a shop
+    page."""
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
 
 
 class UrlRequest(BaseModel):

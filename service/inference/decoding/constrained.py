@@ -103,7 +103,22 @@ class RowMatchers:
         self._batch: xgr.BatchGrammarMatcher | None = None
         self._device = device
         self._rows = rows
+        self._free: list[int] = []  # released indices (see grow)
         self._bitmask: torch.Tensor | None = None  # allocated on first use (generate's path)
+
+    def grow(self, count: int) -> list[int]:
+        """Indices for ``count`` new rows (rows joining a running set): released ones
+        first, so a long-running set does not grow without bound."""
+        reused, self._free = self._free[:count], self._free[count:]
+        fresh = list(range(self._rows, self._rows + count - len(reused)))
+        self._rows += len(fresh)
+        self._matchers.extend([None] * len(fresh))
+        return reused + fresh
+
+    def release(self, row: int) -> None:
+        """Row ``row`` left; its index may be handed out again, with a new matcher."""
+        self._matchers[row] = None
+        self._free.append(row)
 
     def matcher(self, row: int) -> xgr.GrammarMatcher:
         found = self._matchers[row]

@@ -134,13 +134,13 @@ class JumpForward:
     mode = DecodingMode.JUMP_FORWARD
 
     def __init__(self, decoder: JumpForwardDecoder, grammar: SchemaGrammar) -> None:
-        self._decoder = decoder
+        self.decoder = decoder
         self.grammar: SchemaGrammar | None = grammar
 
     def decode(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
     ) -> list[Decoded]:
-        rows = self._decoder.decode(input_ids, attention_mask, pixel_values)
+        rows = self.decoder.decode(input_ids, attention_mask, pixel_values)
         return [Decoded(r.tokens, r.logprobs, r.forward_passes) for r in rows]
 
 

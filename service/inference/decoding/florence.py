@@ -64,6 +64,15 @@ class EncoderState:
             self.hidden.index_select(0, index), self.mask.index_select(0, index), cross
         )
 
+    def extend(self, other: EncoderState) -> EncoderState:
+        """These rows, then ``other``'s (rows joining a running set; same prompt length)."""
+        cross = None
+        if self.cross_mask is not None and other.cross_mask is not None:
+            cross = torch.cat((self.cross_mask, other.cross_mask))
+        return EncoderState(
+            torch.cat((self.hidden, other.hidden)), torch.cat((self.mask, other.mask)), cross
+        )
+
 
 def _as_attention_mask(allowed: torch.Tensor, implementation: str, dtype: torch.dtype) -> Any:
     """A boolean "may attend" mask in the form ``implementation`` takes."""
@@ -136,6 +145,17 @@ class Florence2Stepper:
         cross-attention: the encoder's keys and values, computed at the first step."""
         cross = DynamicCache() if self._plain_cross else DynamicCache(config=self._config)
         return EncoderDecoderCache(SlotCache(batch, capacity), cross)
+
+    def add_rows(self, cache: EncoderDecoderCache, count: int) -> EncoderDecoderCache:
+        """The cache with ``count`` empty rows after the others. The cross-attention keys
+        and values start again (the next step computes them for every row from the
+        extended encoder outputs): this decoder call never computes them per row."""
+        self_cache = cache.self_attention_cache
+        if not isinstance(self_cache, SlotCache):
+            raise TypeError("add_rows() needs the cache new_cache() built")
+        self_cache.add_rows(count)
+        cross = DynamicCache() if self._plain_cross else DynamicCache(config=self._config)
+        return EncoderDecoderCache(self_cache, cross)
 
     @staticmethod
     def keep_rows(

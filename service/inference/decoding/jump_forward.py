@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import operator
 import threading
-from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Final
 
@@ -54,55 +53,10 @@ from service.inference.decoding.constrained import RowMatchers, allowed_ids, all
 from service.inference.decoding.drafting import FRONTIER_TOKENS, Drafter, StepMemo, StepPlan
 from service.inference.decoding.florence import Florence2Stepper
 from service.inference.decoding.grammar import SchemaGrammar
+from service.inference.decoding.rows import Block, DecodedRow, Plan, Row, RunningSet
 from service.inference.decoding.staging import HostBuffer
 
-
-@dataclass(slots=True)
-class DecodedRow:
-    """One row's output after the decoder start token: ``<s>``, grammar tokens, ``</s>``."""
-
-    tokens: list[int]
-    logprobs: list[float]  # one per token after ``<s>``, under the grammar-masked distribution
-    forward_passes: int
-
-
-@dataclass(slots=True)
-class _Row:
-    index: int  # position in the caller's batch (and of its grammar matcher)
-    tokens: list[int]
-    pending: list[int]  # committed tokens not yet in the KV cache: the next block's head
-    logprobs: list[float] = field(default_factory=list)
-    cached: int = 0  # valid KV entries, i.e. the slot and position of the next fed token
-    passes: int = 0
-    done: bool = False
-    path: int = StepMemo.ROOT  # the tokens so far, interned (see StepMemo)
-    synced: int = 1  # tokens[:synced] are in the matcher (the grammar starts after <s>)
-
-
-@dataclass(slots=True)
-class _Plan:
-    """One row's part of a step: what it feeds (``len(fed) + 1`` positions verify it).
-    The memoized plan is always the whole draft's; a cut step uses a prefix of it."""
-
-    row: _Row
-    draft: tuple[int, ...]  # the draft without a forced stop token (that one is verified only)
-    step: StepPlan | None  # None until a memo miss is explored, after the block's launch
-    fed: tuple[int, ...] = ()  # what this step feeds of ``draft``: all of it, or a prefix
-
-    def __post_init__(self) -> None:
-        self.fed = self.draft
-
-
-@dataclass(slots=True)
-class _Block:
-    """A step's inputs on the device, and how many positions verify each row."""
-
-    tokens: torch.Tensor  # (B, W) right-padded
-    slots: torch.Tensor  # (B, W) the cache slot of each token; the sink for padding
-    offsets: torch.Tensor  # (B,) each row's first slot
-    gather: torch.Tensor  # (checks,) flat B * W index of every verified position
-    length: int  # cache entries the block reaches
-    verified: list[int]  # each row's verified positions (its rows of logits): len(fed) + 1
+__all__ = ["DecodedRow", "JumpForwardDecoder", "RunningSet", "block_width"]
 
 
 #: The most of a step's (rows x width) grid that padding may fill: wider rows are cut.
@@ -165,7 +119,8 @@ class JumpForwardDecoder:
         self._allowed = HostBuffer(np.int64)
         self._padding = HostBuffer(np.bool_)
         self._survivors = HostBuffer(np.int64)
-        self._lock = threading.Lock()
+        # Reentrant: decode() runs the same join and step that the scheduler calls alone.
+        self._lock = threading.RLock()
         # Of the last decode() call, for tests and benchmarks: its forward passes, the
         # positions they fed (rows x block width, padding included), the drafts cut.
         self.last_steps = self.last_positions = self.last_cuts = 0
@@ -179,59 +134,121 @@ class JumpForwardDecoder:
     def _decode(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
     ) -> list[DecodedRow]:
-        device = input_ids.device
-        encoder = self._stepper.encode(input_ids, attention_mask, pixel_values)
-        batch = input_ids.shape[0]
-        cache = self._stepper.new_cache(batch, self._capacity)
-        matchers = RowMatchers(self._grammar, batch, device)
-        rows = [_Row(i, [self._bos], [self._start, self._bos]) for i in range(batch)]
-        live = list(rows)  # the rows in KV-cache batch order; finished rows leave the cache
+        run = self.running_set(input_ids.device)
+        rows = self._join(run, input_ids, attention_mask, pixel_values)
         self.last_steps = self.last_positions = self.last_cuts = 0
-        while live:
-            plans = self._plan(matchers, live)
-            self._cap(plans)
-            block = self._block(plans, device)
-            hidden = self._stepper.decode(
-                cache, encoder, block.tokens, block.slots, block.offsets, block.length
-            )
-            self.last_steps += 1
-            self.last_positions += block.tokens.numel()
-            # On CUDA the block is still running: the grammar work for memo misses overlaps it.
-            self._explore(matchers, [plan for plan in plans if plan.step is None])
-            for plan in plans:
-                if len(plan.fed) < len(plan.draft):
-                    assert plan.step is not None
-                    plan.step = plan.step.cut(len(plan.fed))
-            ids, allowed, padding = self._allowed_ids(plans, device)
-            logits = self._stepper.logits(hidden.flatten(0, 1).index_select(0, block.gather))
-            at, probability = allowed_scores(logits, allowed, padding)
-            # The step's one device-to-host transfer; positions (< K) are exact in float32.
-            picked: list[list[float]] = torch.stack((at.to(torch.float32), probability)).tolist()
-            positions = np.asarray(picked[0], dtype=np.int64)
-            choices = ids[np.arange(positions.shape[0]), positions]
-            logprobs = np.log(np.asarray(picked[1], dtype=np.float64))
-            self._commit(plans, block, choices, logprobs.tolist())
-            keep = [slot for slot, plan in enumerate(plans) if not plan.row.done]
-            if len(keep) < len(plans):
-                self._survivors.take(len(keep), device)[:] = keep
-                selected = self._survivors.upload(len(keep), device)
-                encoder = self._stepper.keep_rows(cache, encoder, selected)
-                live = [live[slot] for slot in keep]
+        while run.live:
+            self._step(run)
         return [DecodedRow(r.tokens, r.logprobs, r.passes) for r in rows]
 
-    def _plan(self, matchers: RowMatchers, live: list[_Row]) -> list[_Plan]:
+    def running_set(self, device: torch.device) -> RunningSet:
+        """An empty set of running rows, which rows join and leave between steps."""
+        return RunningSet(RowMatchers(self._grammar, 0, device), device)
+
+    def join(
+        self,
+        run: RunningSet,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+    ) -> list[Row]:
+        """Encode new rows and add them to ``run``: they feed ``</s><s>`` at the next step,
+        beside the rows already decoding (each row has its own slots and positions)."""
+        with self._lock, torch.inference_mode():
+            return self._join(run, input_ids, attention_mask, pixel_values)
+
+    def _join(
+        self,
+        run: RunningSet,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+    ) -> list[Row]:
+        encoder = self._stepper.encode(input_ids, attention_mask, pixel_values)
+        batch = input_ids.shape[0]
+        rows = [Row(i, [self._bos], [self._start, self._bos]) for i in run.matchers.grow(batch)]
+        if run.cache is None or run.encoder is None:
+            run.cache = self._stepper.new_cache(batch, self._capacity)
+            run.encoder = encoder
+        else:
+            run.cache = self._stepper.add_rows(run.cache, batch)
+            run.encoder = run.encoder.extend(encoder)
+        run.live.extend(rows)
+        return rows
+
+    def leave(self, run: RunningSet, rows: list[Row]) -> None:
+        """Drop ``rows`` (finished, cancelled, expired) from ``run`` before the next step."""
+        with self._lock, torch.inference_mode():
+            self._leave(run, rows)
+
+    def _leave(self, run: RunningSet, rows: list[Row]) -> None:
+        gone = {id(row) for row in rows}
+        keep = [slot for slot, row in enumerate(run.live) if id(row) not in gone]
+        if len(keep) == len(run.live):
+            return
+        for row in rows:
+            run.matchers.release(row.index)
+        if not keep:
+            run.cache = run.encoder = None
+            run.live = []
+            return
+        assert run.cache is not None
+        assert run.encoder is not None
+        self._survivors.take(len(keep), run.device)[:] = keep
+        selected = self._survivors.upload(len(keep), run.device)
+        run.encoder = self._stepper.keep_rows(run.cache, run.encoder, selected)
+        run.live = [run.live[slot] for slot in keep]
+
+    def step(self, run: RunningSet) -> list[Row]:
+        """One decoder pass for every running row; returns the rows it finished, which have
+        left ``run``."""
+        with self._lock, torch.inference_mode():
+            return self._step(run)
+
+    def _step(self, run: RunningSet) -> list[Row]:
+        device, matchers, live = run.device, run.matchers, run.live
+        assert run.cache is not None
+        assert run.encoder is not None
+        plans = self._plan(matchers, live)
+        self._cap(plans)
+        block = self._block(plans, device)
+        hidden = self._stepper.decode(
+            run.cache, run.encoder, block.tokens, block.slots, block.offsets, block.length
+        )
+        self.last_steps += 1
+        self.last_positions += block.tokens.numel()
+        # On CUDA the block is still running: the grammar work for memo misses overlaps it.
+        self._explore(matchers, [plan for plan in plans if plan.step is None])
+        for plan in plans:
+            if len(plan.fed) < len(plan.draft):
+                assert plan.step is not None
+                plan.step = plan.step.cut(len(plan.fed))
+        ids, allowed, padding = self._allowed_ids(plans, device)
+        logits = self._stepper.logits(hidden.flatten(0, 1).index_select(0, block.gather))
+        at, probability = allowed_scores(logits, allowed, padding)
+        # The step's one device-to-host transfer; positions (< K) are exact in float32.
+        picked: list[list[float]] = torch.stack((at.to(torch.float32), probability)).tolist()
+        positions = np.asarray(picked[0], dtype=np.int64)
+        choices = ids[np.arange(positions.shape[0]), positions]
+        logprobs = np.log(np.asarray(picked[1], dtype=np.float64))
+        self._commit(plans, block, choices, logprobs.tolist())
+        finished = [plan.row for plan in plans if plan.row.done]
+        self._leave(run, finished)
+        return finished
+
+    def _plan(self, matchers: RowMatchers, live: list[Row]) -> list[Plan]:
         """Each row's draft: from its memoized step plan, else computed from its matcher."""
         steps = [self._memo.get(row.path) for row in live]
         missing = [row for row, step in zip(live, steps, strict=True) if step is None]
         self._catch_up(matchers, missing)
         drafts = iter(self._drafts(matchers, missing))
         return [
-            _Plan(row, next(drafts) if step is None else step.fed, step)
+            Plan(row, next(drafts) if step is None else step.fed, step)
             for row, step in zip(live, steps, strict=True)
         ]
 
     @staticmethod
-    def _catch_up(matchers: RowMatchers, rows: list[_Row]) -> None:
+    def _catch_up(matchers: RowMatchers, rows: list[Row]) -> None:
         """Advance each row's matcher by the tokens it appended since it was last used
         (batched across rows, one token depth at a time)."""
         behind = [(row.index, row.tokens[row.synced :]) for row in rows]
@@ -244,7 +261,7 @@ class JumpForwardDecoder:
             depth += 1
             behind = [(r, t) for r, t in behind if depth < len(t)]
 
-    def _drafts(self, matchers: RowMatchers, rows: list[_Row]) -> list[tuple[int, ...]]:
+    def _drafts(self, matchers: RowMatchers, rows: list[Row]) -> list[tuple[int, ...]]:
         """Each row's draft within its token budget, leaving room for the model's pick."""
         drafts: list[tuple[int, ...]] = []
         for row in rows:
@@ -257,7 +274,7 @@ class JumpForwardDecoder:
             drafts.append(draft)
         return drafts
 
-    def _cap(self, plans: list[_Plan]) -> None:
+    def _cap(self, plans: list[Plan]) -> None:
         """Cut the drafts of rows whose block would be wider than this step's width."""
         heads = [len(p.row.pending) for p in plans]
         lengths = [head + len(p.draft) for head, p in zip(heads, plans, strict=True)]
@@ -268,7 +285,7 @@ class JumpForwardDecoder:
                     plan.fed = plan.draft[: width - head]
                     self.last_cuts += 1
 
-    def _block(self, plans: list[_Plan], device: torch.device) -> _Block:
+    def _block(self, plans: list[Plan], device: torch.device) -> Block:
         """This step's inputs, assembled on the host for all rows at once and copied once,
         without blocking. Each row's block is a prefix of its row of the (B, W) grid, so
         a (B, W) mask of those prefixes places every row's tokens in one assignment."""
@@ -298,7 +315,7 @@ class JumpForwardDecoder:
         heads_at = np.array(heads)[:, None] - 1
         gather[:] = np.flatnonzero(inside & (columns >= heads_at))
         moved = self._inputs.upload(size, device)
-        return _Block(
+        return Block(
             moved[: batch * width].view(batch, width),
             moved[batch * width : 2 * batch * width].view(batch, width),
             moved[2 * batch * width : 2 * batch * width + batch],
@@ -307,7 +324,7 @@ class JumpForwardDecoder:
             [len(p.fed) + 1 for p in plans],
         )
 
-    def _explore(self, matchers: RowMatchers, plans: list[_Plan]) -> None:
+    def _explore(self, matchers: RowMatchers, plans: list[Plan]) -> None:
         """Compute and memoize the step plans of memo misses: the allowed tokens of each
         verified position, filled by xgrammar batched across rows, depth by depth, while
         each matcher walks its draft (rolled back after). A draft whose end completes the
@@ -348,7 +365,7 @@ class JumpForwardDecoder:
             self._memo.put(row.path, plan.step)
 
     def _allowed_ids(
-        self, plans: list[_Plan], device: torch.device
+        self, plans: list[Plan], device: torch.device
     ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
         """Every verified position's allowed ids, (checks, K), and where that is padding,
         assembled in host buffers and copied to the device without blocking; the ids are
@@ -371,7 +388,7 @@ class JumpForwardDecoder:
         )
 
     def _commit(
-        self, plans: list[_Plan], block: _Block, choices: np.ndarray, logprobs: list[float]
+        self, plans: list[Plan], block: Block, choices: np.ndarray, logprobs: list[float]
     ) -> None:
         """Accept each draft up to its first mismatch, take the model's pick there, and
         extend each live row's tokens and path by what it appended."""

@@ -72,8 +72,17 @@ class SlotCache(Cache):
         return self._length
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._batch = int(indices.shape[0])
         self._keys = [k.index_select(0, indices) for k in self._keys]
         self._values = [v.index_select(0, indices) for v in self._values]
+        self._rows = None
+
+    def add_rows(self, count: int) -> None:
+        """``count`` new rows after the others (rows joining between steps), empty."""
+        self._batch += count
+        for layer, (keys, values) in enumerate(zip(self._keys, self._values, strict=True)):
+            self._keys[layer] = torch.cat((keys, keys.new_zeros((count, *keys.shape[1:]))))
+            self._values[layer] = torch.cat((values, values.new_zeros((count, *values.shape[1:]))))
         self._rows = None
 
     def reserved_bytes(self) -> int:

@@ -72,6 +72,7 @@ class RecordingObserver:
         self.depths: list[int] = []
         self.waits: list[float] = []
         self.runs: list[tuple[int, float]] = []
+        self.classes: list[tuple[dict[Any, int], dict[Any, int]]] = []
 
     def queue_depth(self, depth: int) -> None:
         self.depths.append(depth)
@@ -81,6 +82,9 @@ class RecordingObserver:
 
     def batch_run(self, size: int, seconds: float) -> None:
         self.runs.append((size, seconds))
+
+    def scheduled(self, waiting: Any, running: Any) -> None:
+        self.classes.append((dict(waiting), dict(running)))
 
 
 async def occupy(batcher: Any, engine: FakeEngine, queued: int) -> list[asyncio.Task[Any]]:

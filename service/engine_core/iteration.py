@@ -1,0 +1,356 @@
+"""Iteration-level scheduling: images join and leave the running decode at every step.
+
+Each iteration, on the one engine thread:
+
+1. rows whose caller left or whose deadline passed leave the running set;
+2. if there is room (``max_rows``) and work waiting, a micro-batch of arrivals (at most
+   ``encoder_budget``, interactive first with batch work's share, :mod:`.lanes`) is encoded
+   and joins;
+3. one decoder step runs for every running row; rows it finishes are answered at once.
+
+Out of device memory while encoding, the arrivals go back to the head of their lanes and
+the encoder budget halves; while stepping, the newest rows go back (to be run again from
+the start) and the row limit halves. Both grow back after a run of clean iterations. An
+image is failed ``OUT_OF_MEMORY`` only if it does not fit even alone, as with static
+batching. It has the :class:`service.engine_core.batching.MicroBatcher`'s interface, so
+the engine core uses either. No HTTP, model or metrics library is known here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from fashion_florence_client.protocol import Priority
+from service.backend import (
+    DeadlineExceededError,
+    DeviceOutOfMemoryError,
+    ItemFailure,
+    ItemOutcome,
+    PreparedImage,
+    StepRunner,
+)
+from service.engine_core.batching import (
+    Batched,
+    BatcherClosedError,
+    BatchObserver,
+    NullObserver,
+    _Pending,
+)
+from service.engine_core.lanes import Lanes
+
+log = logging.getLogger(__name__)
+
+#: Clean iterations after which a budget shrunk by out-of-memory doubles back.
+_REGROW_AFTER: Final = 256
+_DRAIN_HISTORY: Final = 64
+
+
+class IterationObserver(BatchObserver, Protocol):
+    def iteration(self, seconds: float, encoded: int, running: int) -> None: ...
+
+
+class _NullIterationObserver(NullObserver):
+    def iteration(self, seconds: float, encoded: int, running: int) -> None: ...
+
+
+@dataclass(slots=True)
+class _Work:
+    """What one iteration does on the engine thread, and what came of it."""
+
+    leaving: list[int]
+    joining: list[_Pending[PreparedImage, ItemOutcome]]
+    tags: list[int]
+    joined: bool = False
+    stepped: bool = False
+    finished: list[tuple[int, ItemOutcome]] = field(default_factory=list)
+    error: Exception | None = None
+
+
+class IterationScheduler:
+    def __init__(
+        self,
+        runner: StepRunner,
+        *,
+        max_rows: int,
+        encoder_budget: int,
+        batch_min_share: float,
+        observer: IterationObserver | None = None,
+        on_error: Callable[[BaseException], None] = lambda _exc: None,
+        idle_poll_s: float = 1.0,
+    ) -> None:
+        if max_rows < 1 or encoder_budget < 1:
+            raise ValueError("max_rows and encoder_budget must be >= 1")
+        self._runner = runner
+        self._max_rows = self._rows_limit = max_rows
+        self._budget = self._encoder_budget = encoder_budget
+        self._observer: IterationObserver = observer or _NullIterationObserver()
+        self._on_error = on_error
+        self.idle_poll_s = idle_poll_s
+        self._lanes: Lanes[_Pending[PreparedImage, ItemOutcome]] = Lanes(batch_min_share)
+        self._running: dict[int, _Pending[PreparedImage, ItemOutcome]] = {}
+        self._joined_at: dict[int, tuple[float, int]] = {}  # tag -> (iteration start, rows)
+        self._tags = itertools.count()
+        self._executor: ThreadPoolExecutor | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._accepting = False
+        self._heartbeat = time.monotonic()
+        self._busy_since: float | None = None
+        self._clean = 0
+        self._done: deque[tuple[int, float]] = deque(maxlen=_DRAIN_HISTORY)
+
+    # The MicroBatcher's interface, as the engine core uses it
+    @property
+    def queue_depth(self) -> int:
+        return len(self._lanes)
+
+    @property
+    def running(self) -> bool:
+        return self._accepting and self._loop_task is not None and not self._loop_task.done()
+
+    @property
+    def rows_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def last_heartbeat_monotonic(self) -> float:
+        return self._heartbeat
+
+    @property
+    def busy_since_monotonic(self) -> float | None:
+        return self._busy_since
+
+    async def start(self) -> None:
+        if self._loop_task is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
+            self._accepting = True
+            self._loop_task = asyncio.create_task(self._loop(), name="iteration-scheduler")
+
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Refuse new work, finish everything accepted (or fail it past ``timeout_s``)."""
+        self._accepting = False
+        self._lanes.close()
+        task = self._loop_task
+        if task is None:
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(task)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit_timed(
+        self,
+        item: PreparedImage,
+        *,
+        deadline: float | None = None,
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> Batched[ItemOutcome]:
+        if not self.running:
+            raise BatcherClosedError("the iteration scheduler is not running")
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            raise DeadlineExceededError("waiting for admission")
+        future: asyncio.Future[Batched[ItemOutcome]] = asyncio.get_running_loop().create_future()
+        self._lanes.put(_Pending(item, future, now, deadline, priority), priority)
+        self._report()
+        return await future
+
+    def retry_after_s(self) -> float:
+        """Seconds until the backlog drains at the recent rate of answered rows."""
+        if len(self._done) < 2:
+            return 1.0
+        span = self._done[-1][1] - self._done[0][1]
+        answered = sum(n for n, _ in list(self._done)[1:])
+        if span <= 0 or answered == 0:
+            return 1.0
+        backlog = len(self._lanes) + len(self._running)
+        return float(min(60.0, max(1.0, math.ceil(backlog / (answered / span)))))
+
+    # The loop
+    async def _loop(self) -> None:
+        try:
+            while True:
+                self._heartbeat = time.monotonic()
+                if not self._running and not len(self._lanes):
+                    if self._lanes.closed:
+                        return
+                    await self._lanes.wait(self.idle_poll_s)
+                    continue
+                await self._iterate()
+        finally:
+            closed = BatcherClosedError("the iteration scheduler stopped")
+            for pending in [*self._lanes.drain(), *self._running.values()]:
+                if not pending.future.done():
+                    pending.future.set_exception(closed)
+            self._running.clear()
+
+    async def _iterate(self) -> None:
+        assert self._executor is not None
+        now = time.monotonic()
+        work = _Work(self._leaving(now), [], [])
+        room = self._rows_limit - (len(self._running) - len(work.leaving))
+        if room > 0:
+            work.joining = self._lanes.take(min(room, self._budget), self._wanted)
+            work.tags = [next(self._tags) for _ in work.joining]
+        self._busy_since = started = time.monotonic()
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._work, work)
+        finally:
+            self._busy_since = None
+        self._settle(work, started)
+        self._notify(
+            self._observer.iteration, time.monotonic() - started, len(work.tags) if work.joined else 0,
+            len(self._running),
+        )  # fmt: skip
+        self._report()
+
+    def _leaving(self, now: float) -> list[int]:
+        """Running rows whose caller left or whose deadline passed: failed here, dropped
+        on the engine thread before the step."""
+        leaving = []
+        for tag, pending in list(self._running.items()):
+            if pending.future.done():
+                self._notify(self._observer.cancelled_skip)
+            elif pending.expired(now):
+                pending.future.set_exception(DeadlineExceededError("while decoding"))
+                self._notify(self._observer.deadline_drop, "decoding")
+            else:
+                continue
+            del self._running[tag]
+            self._joined_at.pop(tag, None)
+            leaving.append(tag)
+        return leaving
+
+    def _wanted(self, pending: _Pending[PreparedImage, ItemOutcome]) -> bool:
+        if pending.future.done():
+            self._notify(self._observer.cancelled_skip)
+            return False
+        if pending.expired(time.monotonic()):
+            pending.future.set_exception(DeadlineExceededError("queued"))
+            self._notify(self._observer.deadline_drop, "queued")
+            return False
+        return True
+
+    def _work(self, work: _Work) -> None:
+        """On the engine thread: leave, join, step. Exceptions are kept for the loop."""
+        try:
+            self._runner.leave(work.leaving)
+            if work.joining:
+                try:
+                    self._runner.join([p.item for p in work.joining], work.tags)
+                    work.joined = True
+                except DeviceOutOfMemoryError:
+                    pass  # handled on the loop: nothing joined
+            if self._runner.running:
+                try:
+                    work.finished = self._runner.step()
+                    work.stepped = True
+                except DeviceOutOfMemoryError:
+                    pass  # every row as it was
+        except Exception as exc:
+            work.error = exc
+
+    def _settle(self, work: _Work, started: float) -> None:
+        if work.error is not None:
+            self._fail_all(work, work.error)
+            return
+        if work.joined:
+            rows = len(self._running) + len(work.tags)
+            for tag, pending in zip(work.tags, work.joining, strict=True):
+                self._running[tag] = pending
+                self._joined_at[tag] = (started, rows)
+                self._notify(self._observer.queue_wait, started - pending.enqueued_at)
+        elif work.joining:
+            self._encoder_oom(work)
+        finished_at = time.monotonic()
+        for tag, outcome in work.finished:
+            found = self._running.get(tag)
+            if found is not None:
+                del self._running[tag]
+            joined, rows = self._joined_at.pop(tag, (started, 1))
+            if found is not None and not found.future.done():
+                timed = Batched(outcome, found.enqueued_at, joined, finished_at, rows)
+                found.future.set_result(timed)
+        if work.finished:
+            self._done.append((len(work.finished), finished_at))
+        if self._running and not work.stepped:
+            self._step_oom()
+        else:
+            self._regrow()
+
+    def _encoder_oom(self, work: _Work) -> None:
+        if len(work.joining) == 1 and not self._running:
+            # It does not fit even alone on an idle device: the one failure OOM may cause.
+            detail = "the image did not fit in device memory even alone"
+            outcome = ItemOutcome("", 0, failure=ItemFailure.OUT_OF_MEMORY, error_detail=detail)
+            now = time.monotonic()
+            pending = work.joining[0]
+            if not pending.future.done():
+                pending.future.set_result(Batched(outcome, pending.enqueued_at, now, now, 1))
+            return
+        self._budget = max(1, len(work.joining) // 2)
+        self._clean = 0
+        log.warning(
+            "out of memory encoding %d images: budget now %d", len(work.joining), self._budget
+        )
+        for pending in reversed(work.joining):
+            self._lanes.put_front(pending, pending.priority)
+
+    def _step_oom(self) -> None:
+        """The step did not fit: the newest rows go back to wait, to run again later."""
+        self._rows_limit = max(1, len(self._running) // 2)
+        self._clean = 0
+        newest = sorted(self._running, reverse=True)[: len(self._running) - self._rows_limit]
+        log.warning(
+            "out of memory stepping %d rows: limit now %d", len(self._running), self._rows_limit
+        )
+        self._runner.leave(newest)  # the engine thread is idle between iterations
+        for tag in newest:
+            pending = self._running.pop(tag)
+            self._joined_at.pop(tag, None)
+            self._lanes.put_front(pending, pending.priority)
+
+    def _regrow(self) -> None:
+        self._clean += 1
+        if self._clean >= _REGROW_AFTER:
+            self._clean = 0
+            self._budget = min(self._encoder_budget, 2 * self._budget)
+            self._rows_limit = min(self._max_rows, 2 * self._rows_limit)
+
+    def _fail_all(self, work: _Work, error: Exception) -> None:
+        log.error("iteration failed; failing %d rows", len(self._running), exc_info=error)
+        self._on_error(error)
+        for pending in [*work.joining, *self._running.values()]:
+            if not pending.future.done():
+                pending.future.set_exception(error)
+        self._runner.reset()
+        self._running.clear()
+        self._joined_at.clear()
+
+    def _report(self) -> None:
+        self._notify(self._observer.queue_depth, len(self._lanes))
+        running = dict.fromkeys(Priority, 0)
+        for pending in self._running.values():
+            running[pending.priority] += 1
+        waiting = {p: self._lanes.waiting(p) for p in Priority}
+        self._notify(self._observer.scheduled, waiting, running)
+
+    def _notify(self, method: Callable[..., None], *args: object) -> None:
+        try:
+            method(*args)
+        except Exception:
+            log.exception("iteration scheduler: observer %s failed", method)
