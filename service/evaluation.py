@@ -78,8 +78,6 @@ def decoding_runs(
     model is loaded.
     """
     overrides: dict[str, Any] = {"model_path": model, "adapter_path": adapter}
-    # In this process: nothing else to serve, and the engine's answers are read directly.
-    overrides["engine_process"] = False
     if device is not None:
         overrides["device"] = device
     if max_new_tokens is not None:
