@@ -1,9 +1,12 @@
 """The process layout measured: cold start and memory, intake scaling, an engine-core kill.
 
-    python -m bench.engine_core [--parts cold,intake,fault] [--quick]
+    python -m bench.engine_core [--parts cold,ipc,intake,fault] [--quick]
 
 * ``cold``: ``fashion-florence serve`` with the demo model and 1 and 2 API servers: spawn
   to the first 200 of ``/readyz``, and the resident memory of every process of it.
+* ``ipc``: one API server's round trip to the engine core and back (``CoreClient.infer``
+  against an instant core, one image at a time): the transport's own cost per image, at
+  the demo's 64 px and at Florence-2's 768 px.
 * ``intake``: the API servers alone. The engine core is replaced by one that answers at
   once (:func:`run_instant_core`, a benchmark's stand-in, never the product's), so what is
   measured is HTTP, multipart parsing, decoding, the resize and the IPC: images/s with 1
@@ -118,6 +121,47 @@ def cold(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+async def _round_trips(side: int, count: int) -> dict[str, Any]:
+    import multiprocessing
+    import statistics
+    import tempfile
+
+    import numpy as np
+
+    from service.ipc.shared_state import CoreStatus
+    from service.serving.core_client import CoreClient, CoreLink
+
+    context = multiprocessing.get_context("spawn")
+    state = SharedState.create(context, capacity=8, servers=1)
+    address = CoreAddress(Path(tempfile.mkdtemp(prefix="ff-bench-ipc-")))
+    ours, theirs = context.Pipe(duplex=False)
+    settings = Settings(cache_enabled=False)
+    state.core_starting(1, 0, 0)
+    os.environ["BENCH_INSTANT_SIDE"] = str(side)
+    core = context.Process(target=run_instant_core, args=(settings, address, state, theirs))
+    core.start()
+    try:
+        await asyncio.to_thread(ours.recv)
+        state.set_status(CoreStatus.READY)
+        client = await CoreClient.connect(CoreLink(address, state), settings)
+        pixels = np.zeros((side, side, 3), dtype=np.uint8)
+        times = []
+        for _ in range(count):
+            started = time.perf_counter()
+            await client.infer(pixels, deadline=time.monotonic() + 10, key=None)
+            times.append(time.perf_counter() - started)
+        await client.close()
+    finally:
+        core.terminate()
+        core.join(10)
+    return {"side": side, "p50_us": statistics.median(times) * 1e6,
+            "mean_us": statistics.fmean(times) * 1e6}  # fmt: skip
+
+
+def ipc(quick: bool) -> list[dict[str, Any]]:
+    return [asyncio.run(_round_trips(side, 200 if quick else 2000)) for side in (64, 768)]
+
+
 def intake(photos: list[bytes], seconds: float) -> list[dict[str, Any]]:
     rows = []
     for servers in (1, 2):
@@ -197,6 +241,10 @@ def render(result: dict[str, Any]) -> str:
         lines.append(
             f"cold start to ready, worst: {max(r['cold_start_s'] for r in result['cold']):.2f} s"
         )
+    if "ipc" in result:
+        lines += ["", "| pixels | IPC round trip p50 (µs) | mean (µs) |", "|---|---|---|"]
+        lines += [f"| {r['side']} x {r['side']} x 3 | {r['p50_us']:.0f} | {r['mean_us']:.0f} |"
+                  for r in result["ipc"]]  # fmt: skip
     if "intake" in result:
         one, two = result["intake"]
         lines += ["", "| API servers (instant engine) | img/s | p99 ms |", "|---|---|---|"]
@@ -215,7 +263,7 @@ def render(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--parts", default="cold,intake,fault", help="which parts to run")
+    parser.add_argument("--parts", default="cold,ipc,intake,fault", help="which parts to run")
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke plan)")
     parser.add_argument("--serve-instant", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -226,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: dict[str, Any] = {"machine": f"{os.cpu_count()} CPUs, {sys.platform}"}
     if "cold" in parts:
         result["cold"] = cold(args.quick)
+    if "ipc" in parts:
+        result["ipc"] = ipc(args.quick)
     if "intake" in parts:
         result["intake"] = intake(photos, 5.0 if args.quick else 20.0)
     if "fault" in parts:
