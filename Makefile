@@ -22,7 +22,7 @@ MIN_TESTS ?= tests/service/inference tests/service/engine_core tests/service/ipc
 # waits on subprocesses and sockets, so 2 workers suit a 2-core machine; 0 runs it serially.
 TEST_WORKERS ?= 2
 # A bound on the minimum-versions run (about 5 min here), so a hang cannot eat CI's budget.
-MIN_TIMEOUT_S ?= 900
+MIN_TIMEOUT_S ?= 1200
 
 .PHONY: install run test test-min lint imports typecheck check bench clean
 

@@ -12,7 +12,8 @@
   measured is HTTP, multipart parsing, decoding, the resize and the IPC: images/s with 1
   and with 2 API servers, 64 closed-loop clients, the 372 real test photos.
 * ``fault``: 32 clients upload real photos for 30 s and the engine core is SIGKILLed at
-  10 s: every answer is tallied (200, or 503 with a code and ``Retry-After``; anything
+  10 s; a client told 503 waits ``Retry-After`` before its next upload, as the project's
+  client does. Every answer is tallied (200, or 503 with a code and ``Retry-After``; anything
   else is a failure of the service), and the time until ``/readyz`` is 200 again.
 
 Loopback only, bounded in time. Prints Markdown and one line per goal.
@@ -200,6 +201,8 @@ async def _fault_load(handle: ServerHandle, photos: list[bytes], kill_at_s: floa
             statuses[f"{response.status_code} {code}"] += 1
             if response.status_code != 503 or not code or response.retry_after is None:
                 bad.append(f"{response.status_code} {code} retry-after={response.retry_after}")
+            else:  # as the project's client does: never sooner than Retry-After
+                await asyncio.sleep(float(response.retry_after))
         await connection.close()
 
     async def killer() -> float | None:
