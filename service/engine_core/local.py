@@ -126,10 +126,6 @@ class InProcessEngine:
             return None
         return self.cache.get(CacheKey(key, self.info.revision))
 
-    def cached(self, key: str) -> bool:
-        """Whether ``key`` is cached, without counting a lookup."""
-        return self.cache is not None and CacheKey(key, self.info.revision) in self.cache
-
     async def infer(
         self,
         prepared: PreparedImage,
