@@ -323,6 +323,9 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     log.info("serving on %s:%d with %d API servers", settings.host, settings.port, servers)
+    if settings.ui_enabled:
+        shown = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
+        log.info("the playground page: http://%s:%d/", shown, settings.port)
     try:
         supervisor.start()
         supervisor.supervise()
