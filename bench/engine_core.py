@@ -163,19 +163,20 @@ def ipc(quick: bool) -> list[dict[str, Any]]:
     return [asyncio.run(_round_trips(side, 200 if quick else 2000)) for side in (64, 768)]
 
 
-def intake(photos: list[bytes], seconds: float) -> list[dict[str, Any]]:
+def intake(photos: list[bytes], seconds: float, side: int) -> list[dict[str, Any]]:
     rows = []
     for servers in (1, 2):
         port = free_port()
         env = {"FF_HOST": "127.0.0.1", "FF_PORT": str(port), "FF_LOG_LEVEL": "warning",
-               "FF_CACHE_ENABLED": "false", "FF_QUEUE_SIZE": "4096"}  # fmt: skip
+               "FF_CACHE_ENABLED": "false", "FF_QUEUE_SIZE": "4096",
+               "BENCH_INSTANT_SIDE": str(side)}  # fmt: skip
         argv = [sys.executable, "-m", "bench.engine_core", "--serve-instant", str(servers)]
         with spawn(argv, env, port) as handle:
             base = handle.base_url
             asyncio.run(closed_loop(base, photos[:64], 64, 10**9, 2.0))  # warm the servers
             tally = asyncio.run(closed_loop(base, photos, 64, 10**9, seconds))
         row = summary(tally)
-        rows.append({"api_servers": servers, "img_s": row["throughput_ok_per_s"],
+        rows.append({"api_servers": servers, "side": side, "img_s": row["throughput_ok_per_s"],
                      "p99_ms": row["p99_ms"], "by_status": row["by_status"]})  # fmt: skip
     return rows
 
@@ -250,8 +251,9 @@ def render(result: dict[str, Any]) -> str:
                   for r in result["ipc"]]  # fmt: skip
     if "intake" in result:
         one, two = result["intake"]
-        lines += ["", "| API servers (instant engine) | img/s | p99 ms |", "|---|---|---|"]
-        lines += [f"| {r['api_servers']} | {r['img_s']:.1f} | {r['p99_ms']:.1f} |"
+        lines += ["", "| API servers (instant engine) | resize to | img/s | p99 ms |",
+                  "|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {r['api_servers']} | {r['side']} px | {r['img_s']:.1f} | {r['p99_ms']:.1f} |"
                   for r in result["intake"]]  # fmt: skip
         lines.append(f"intake scaling, 2/1 API servers: {two['img_s'] / one['img_s']:.2f}")
     if "fault" in result:
@@ -268,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--parts", default="cold,ipc,intake,fault", help="which parts to run")
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke plan)")
+    parser.add_argument("--instant-side", type=int, default=768,
+                        help="intake: the side the API servers resize to (the demo: 64)")  # fmt: skip
     parser.add_argument("--serve-instant", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_instant is not None:
@@ -280,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "ipc" in parts:
         result["ipc"] = ipc(args.quick)
     if "intake" in parts:
-        result["intake"] = intake(photos, 5.0 if args.quick else 20.0)
+        result["intake"] = intake(photos, 5.0 if args.quick else 20.0, args.instant_side)
     if "fault" in parts:
         result["fault"] = fault(photos, args.quick)
     print(render(result))
