@@ -189,7 +189,10 @@ class ServiceMetrics:
             ),
         )
 
-        # Every known series exists from the start, so rate() reads 0, not "no data".
+        # Every known series exists from the start, so rate() reads 0, not "no data" (in
+        # multiprocess mode a family with no series is not exported at all).
+        for code in ErrorCode:
+            self.errors.labels(code.value)
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason)
         for stage in DEADLINE_STAGES:

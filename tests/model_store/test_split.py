@@ -103,14 +103,16 @@ def test_synthetic_build_counts_and_is_leak_free(synthetic_build: Path) -> None:
 
 def test_rebuild_is_identical(synthetic_build: Path, tmp_path: Path) -> None:
     source = synthetic_build / "source"
+    # Beside the first build: image paths are written relative to the dataset folder.
+    again = synthetic_build / f"again-{tmp_path.name}"
     build_dataset(
         read_table(source / "table.csv", source / "images", load_rules()),
-        tmp_path / "again",
+        again,
         source={"format": "table"},
         split=SplitConfig(0.2, 0.2, seed=0),
     )
     for name in (*[f"{s}.jsonl" for s in SPLITS], "report.json"):
-        assert (tmp_path / "again" / name).read_text() == (synthetic_build / "built" / name).read_text()  # fmt: skip
+        assert (again / name).read_text() == (synthetic_build / "built" / name).read_text()
 
 
 def test_cli_data_check(

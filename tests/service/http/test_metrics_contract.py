@@ -69,14 +69,23 @@ def test_known_stages_are_the_ones_reported() -> None:
     reported = set()
     for source in sources:
         for node in ast.walk(ast.parse(source.read_text())):
-            if (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Attribute)
-                and node.func.attr in ("deadline_drop", "_expire")
-            ):
+            if isinstance(node, ast.Call) and _reports_a_drop(node):
                 reported |= {
                     a.value
                     for a in node.args
                     if isinstance(a, ast.Constant) and isinstance(a.value, str)
                 }
     assert reported == set(DEADLINE_STAGES)
+
+
+def _reports_a_drop(call: ast.Call) -> bool:
+    """``x.deadline_drop("stage")``, ``self._expire(p, "stage")``, or the batchers' guarded
+    form ``self._notify(self._observer.deadline_drop, "stage")``."""
+    func = call.func
+    if not isinstance(func, ast.Attribute):
+        return False
+    if func.attr in ("deadline_drop", "_expire"):
+        return True
+    return func.attr == "_notify" and any(
+        isinstance(a, ast.Attribute) and a.attr == "deadline_drop" for a in call.args
+    )
