@@ -7,7 +7,8 @@ In the spirit of the paper's label collapse, a transparent rule rather than a mo
    white, by at most :data:`MAX_GAIN` (a white shirt in a dim room reads white, not gray,
    and a colour cast is partly undone; the cap keeps a dark scene dark);
 2. the backdrop is up to three colours (k-means of a 3-pixel border), so a patterned
-   floor is backdrop too; a pixel's garment weight is a centre prior (Gaussian,
+   floor is backdrop too (a colour on under a fifth of the border is a garment running
+   off the frame, not backdrop); a pixel's garment weight is a centre prior (Gaussian,
    :data:`CENTRE_SIGMA` of the side) times how far it is from the nearest backdrop colour
    (ramping up to :data:`BACKDROP_DISTANCE`); where almost nothing is far from the
    backdrop, the centre prior alone decides;
@@ -89,6 +90,8 @@ CENTRE_SIGMA: Final = 0.25
 #: Delta E from the nearest backdrop colour at which a pixel counts fully as garment.
 BACKDROP_DISTANCE: Final = 20.0
 MIN_GARMENT_SHARE_V2: Final = 0.02
+#: A border colour is backdrop only if it covers this share of the border.
+MIN_BACKDROP_SHARE: Final = 0.2
 DOMINANT_SHARE_V2: Final = 0.55
 #: Two colours each this strong make ``multi`` only when their means are this far apart.
 MULTI_DISTANCE: Final = 40.0
@@ -174,7 +177,9 @@ def _backdrop_colours(lab: FloatArray, k: int = 3, rounds: int = 6) -> FloatArra
                 for j, c in enumerate(centres)
             ]
         )
-    return np.asarray(centres, dtype=np.float64)
+    # A colour on little of the border is a garment running off the frame, not backdrop.
+    share = np.bincount(nearest, minlength=k) / len(border)
+    return np.asarray(centres[share >= MIN_BACKDROP_SHARE], dtype=np.float64)
 
 
 def garment_weights(lab: FloatArray) -> FloatArray:
