@@ -8,6 +8,10 @@ when the answer is among those the person accepted; over all of them and over th
 ``report`` half, the one the weak rule was never tuned on.
 
     python -m bench.demo_accuracy [--model-dir DIR] [--photos ../shared/data/clothing-small]
+                                  [--record]
+
+``--record`` writes the validation colour figures into the model's report (``report.json``,
+``report.md``) and refreshes its checksums (``shipped_files.json``).
 
 Without ``--model-dir`` it scores the configured model (``FF_MODEL_PATH``, else the shipped demo).
 The class folders map to categories by ``model_store/data/clothing_small_mapping.json``.
@@ -25,6 +29,8 @@ from PIL import Image
 from model_store.data.human_colors import HumanColour, read_human_colours
 from model_store.data.weak_color import VERSION as WEAK_VERSION
 from model_store.data.weak_color import label_color
+from model_store.demo_cache import SHIPPED_DEMO_DIR, write_shipped_checksums
+from model_store.demo_report import record_human_colours
 from service.inference.engine import load_engine
 from service.settings import Settings
 
@@ -96,11 +102,30 @@ def _share(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else "n/a"
 
 
+def _record(model_dir: str | None, result: dict[str, object]) -> None:
+    directory = Path(model_dir) if model_dir else SHIPPED_DEMO_DIR
+    command = "python -m bench.demo_accuracy" + (f" --model-dir {model_dir}" if model_dir else "")
+    record_human_colours(
+        directory,
+        {
+            "command": command,
+            "weak_rule": WEAK_VERSION,
+            "accuracy_all": result["human_color_accuracy_all"],
+            "photos_all": result["human_color_photos_all"],
+            "accuracy_report": result["human_color_accuracy_report"],
+            "photos_report": result["human_color_photos_report"],
+        },
+    )
+    write_shipped_checksums(directory)
+    print(f"recorded in {directory / 'report.md'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir")
     parser.add_argument("--photos", type=Path, default=ROOT.parent / "shared/data/clothing-small")
     parser.add_argument("--splits", nargs="+", default=["validation", "test"])
+    parser.add_argument("--record", action="store_true", help="write the figures into the report")
     args = parser.parse_args()
     for name in args.splits:
         result = score(args.model_dir, args.photos / name)
@@ -120,6 +145,8 @@ def main() -> None:
                 f"{_share(result['human_color_accuracy_report'])} of the "
                 f"{result['human_color_photos_report']} of the labels' report half"
             )
+            if args.record:
+                _record(args.model_dir, result)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from model_store.data.human_colors import (
     read_human_colours,
     score_colours,
 )
+from model_store.demo_report import record_human_colours
 from tests.conftest import SHARED_DATA
 
 VALIDATION = SHARED_DATA / "clothing-small" / "validation"
@@ -58,3 +60,26 @@ def test_a_colour_outside_the_schema_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="teal"):
         read_human_colours(bad)
     assert HUMAN_COLOURS.read_text().startswith("#")
+
+
+def test_the_report_records_colour_against_people(tmp_path: Path) -> None:
+    report = {
+        "command": "fashion-florence model build-trained-demo",
+        "build": {"seconds": {"total": 1.0}, "weights_bytes": 1},
+        "scores": {},
+        "served": {},
+        "weak_color_agreement_synthetic_test": {
+            "labeller": "weak-color-v2", "answered": 1, "n": 1, "coverage": 1.0,
+            "accuracy_when_answered": 1.0,
+        },
+    }  # fmt: skip
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    figures = {
+        "command": "python -m bench.demo_accuracy", "weak_rule": "weak-color-v2",
+        "accuracy_all": 0.7125, "photos_all": 341, "accuracy_report": 0.7, "photos_report": 169,
+    }  # fmt: skip
+    record_human_colours(tmp_path, figures)
+    assert json.loads((tmp_path / "report.json").read_text())["human_colours"] == figures
+    text = (tmp_path / "report.md").read_text()
+    assert "the served colour is right for 0.713" in text  # 0.7125 rounds half to even
+    assert "report half (never used to tune the weak rule) 0.700" in text
