@@ -27,6 +27,7 @@ from model_store.data.build import SplitConfig, unique_ids, write_build
 from model_store.data.dataset import SPLITS, DataError, Field, Record
 from model_store.data.sources import IMAGE_SUFFIXES
 from model_store.data.split import deduplicate, sha256_path, split_records
+from model_store.data.weak_color import VERSION as WEAK_VERSION
 
 #: Folder names of a collection's own split -> our split names.
 SPLIT_FOLDERS: Final = {"train": "train", "validation": "val", "val": "val", "test": "test"}
@@ -162,7 +163,7 @@ def build_folder_dataset(
     weak_total = sum(1 for r in kept if r.weak)
     extra = {
         "weak_labels": {
-            "labeller": "weak-color-v1" if weak_colors else None,
+            "labeller": WEAK_VERSION if weak_colors else None,
             "primary_color_weak": weak_total,
             "primary_color_unknown": len(kept) - weak_total,
         },

@@ -1,6 +1,26 @@
 """A rule-based colour labeller: the dominant colour of a garment's pixels, or no answer.
 
-In the spirit of the paper's label collapse, a transparent rule rather than a model:
+In the spirit of the paper's label collapse, a transparent rule rather than a model.
+:func:`label_color` (``weak-color-v2``), for photos taken anywhere (floors, beds, carpets):
+
+1. the image is shrunk to 48 x 48; each channel is scaled so its 99th percentile reaches
+   white, by at most :data:`MAX_GAIN` (a white shirt in a dim room reads white, not gray,
+   and a colour cast is partly undone; the cap keeps a dark scene dark);
+2. the backdrop is up to three colours (k-means of a 3-pixel border), so a patterned
+   floor is backdrop too (a colour on under a fifth of the border is a garment running
+   off the frame, not backdrop); a pixel's garment weight is a centre prior (Gaussian,
+   :data:`CENTRE_SIGMA` of the side) times how far it is from the nearest backdrop colour
+   (ramping up to :data:`BACKDROP_DISTANCE`); where almost nothing is far from the
+   backdrop, the centre prior alone decides;
+3. each pixel takes the nearest anchor colour; the colour with the most weight wins if it
+   holds :data:`DOMINANT_SHARE`; if the runner-up holds :data:`MULTI_SHARE` and the two
+   colours' mean pixels are more than :data:`MULTI_DISTANCE` apart it is ``multi``; any
+   other case (two shades of one garment split between neighbouring names) abstains,
+   where a person would hesitate too.
+
+The shares, distances, gain and the desaturated navy and denim anchors were chosen on the
+``tune`` half of the human labels (:mod:`model_store.data.human_colors`), never on the
+``report`` half. :func:`label_color_v1` is the first rule, kept to measure against:
 
 1. the image is shrunk to 64 x 64 and converted to CIE Lab (perceptual distances);
 2. the backdrop is the median of a 3-pixel border; it must be nearly uniform (a product
@@ -30,7 +50,8 @@ from PIL import Image
 
 from fashion_florence_client.schema import Color
 
-VERSION: Final = "weak-color-v1"
+VERSION: Final = "weak-color-v2"
+VERSION_V1: Final = "weak-color-v1"
 SIDE: Final = 64
 BORDER: Final = 3
 #: Border pixels further than this from the border median make a cluttered backdrop.
@@ -60,6 +81,26 @@ ANCHORS: Final[dict[Color, tuple[tuple[int, int, int], ...]]] = {
 
 FloatArray = npt.NDArray[np.float64]
 
+# weak-color-v2's settings (chosen on the human labels' tune half).
+SIDE_V2: Final = 48
+#: The most a channel is brightened to bring its 99th percentile to white.
+MAX_GAIN: Final = 1.2
+#: The centre prior's standard deviation, as a share of the side.
+CENTRE_SIGMA: Final = 0.25
+#: Delta E from the nearest backdrop colour at which a pixel counts fully as garment.
+BACKDROP_DISTANCE: Final = 20.0
+MIN_GARMENT_SHARE_V2: Final = 0.02
+#: A border colour is backdrop only if it covers this share of the border.
+MIN_BACKDROP_SHARE: Final = 0.2
+DOMINANT_SHARE_V2: Final = 0.55
+#: Two colours each this strong make ``multi`` only when their means are this far apart.
+MULTI_DISTANCE: Final = 40.0
+#: Faded denim and washed-out navy, which v1's saturated anchors called gray.
+EXTRA_ANCHORS_V2: Final[dict[Color, tuple[tuple[int, int, int], ...]]] = {
+    "navy": ((45, 50, 70),),
+    "blue": ((80, 100, 135), (110, 130, 160)),
+}
+
 
 def srgb_to_lab(rgb: npt.NDArray[np.generic]) -> FloatArray:
     """CIE Lab (D65) of sRGB values in 0-255, any leading shape."""
@@ -78,6 +119,9 @@ def srgb_to_lab(rgb: npt.NDArray[np.generic]) -> FloatArray:
 
 _ANCHOR_NAMES: Final = [name for name, shades in ANCHORS.items() for _ in shades]
 _ANCHOR_LAB: Final = srgb_to_lab(np.array([rgb for shades in ANCHORS.values() for rgb in shades]))
+_ANCHORS_V2: Final = {name: shades + EXTRA_ANCHORS_V2.get(name, ()) for name, shades in ANCHORS.items()}  # fmt: skip
+_ANCHOR_NAMES_V2: Final = np.array([name for name, shades in _ANCHORS_V2.items() for _ in shades])
+_ANCHOR_LAB_V2: Final = srgb_to_lab(np.array([rgb for s in _ANCHORS_V2.values() for rgb in s]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +133,8 @@ class WeakColor:
     garment_share: float
 
 
-def label_color(image: Image.Image) -> WeakColor:
-    """The dominant colour of the garment in ``image`` (a product photo), or an abstention."""
+def label_color_v1(image: Image.Image) -> WeakColor:
+    """The first rule (``weak-color-v1``): product photos on a plain backdrop only."""
     small = image.convert("RGB").resize((SIDE, SIDE), Image.Resampling.BILINEAR)
     lab = srgb_to_lab(np.asarray(small))
     ring = np.ones((SIDE, SIDE), dtype=bool)
@@ -110,6 +154,67 @@ def label_color(image: Image.Image) -> WeakColor:
         return WeakColor(ranked[0][0], "dominant", share)
     if sum(1 for _, part in ranked if part >= MULTI_SHARE) >= 2:
         return WeakColor("multi", "multi", share)
+    return WeakColor(None, "no_dominant_colour", share)
+
+
+def _scaled_lab(image: Image.Image) -> FloatArray:
+    small = image.convert("RGB").resize((SIDE_V2, SIDE_V2), Image.Resampling.BILINEAR)
+    rgb = np.asarray(small, dtype=np.float64)
+    top = np.percentile(rgb.reshape(-1, 3), 99, axis=0)
+    return srgb_to_lab(np.clip(rgb * np.minimum(255.0 / np.maximum(top, 1.0), MAX_GAIN), 0, 255))
+
+
+def _backdrop_colours(lab: FloatArray, k: int = 3, rounds: int = 6) -> FloatArray:
+    ring = np.ones(lab.shape[:2], dtype=bool)
+    ring[BORDER:-BORDER, BORDER:-BORDER] = False
+    border = lab[ring]
+    centres = border[np.linspace(0, len(border) - 1, k).astype(int)]
+    for _ in range(rounds):
+        nearest = np.linalg.norm(border[:, None] - centres[None], axis=-1).argmin(axis=1)
+        centres = np.array(
+            [
+                border[nearest == j].mean(axis=0) if (nearest == j).any() else c
+                for j, c in enumerate(centres)
+            ]
+        )
+    # A colour on little of the border is a garment running off the frame, not backdrop.
+    share = np.bincount(nearest, minlength=k) / len(border)
+    return np.asarray(centres[share >= MIN_BACKDROP_SHARE], dtype=np.float64)
+
+
+def garment_weights(lab: FloatArray) -> FloatArray:
+    """Each pixel's weight as garment: centre prior times distance from the backdrop."""
+    side = lab.shape[0]
+    yy, xx = np.mgrid[0:side, 0:side] / side - 0.5
+    centre = np.exp(-(yy**2 + xx**2) / (2 * CENTRE_SIGMA**2))
+    backdrop = _backdrop_colours(lab)
+    distance = np.linalg.norm(lab[:, :, None] - backdrop[None, None], axis=-1).min(axis=-1)
+    weights = centre * np.clip((distance - BACKDROP_DISTANCE / 2) / BACKDROP_DISTANCE, 0, 1)
+    if weights.sum() < MIN_GARMENT_SHARE_V2 * side * side:
+        weights = weights + 0.1 * centre  # the garment matches its backdrop: trust the centre
+    return np.asarray(weights, dtype=np.float64)
+
+
+def label_color(image: Image.Image) -> WeakColor:
+    """The dominant colour of the garment in ``image`` (any photo of one garment), or None."""
+    lab = _scaled_lab(image)
+    weights = garment_weights(lab).reshape(-1)
+    pixels = lab.reshape(-1, 3)
+    nearest = np.linalg.norm(pixels[:, None] - _ANCHOR_LAB_V2[None], axis=-1).argmin(axis=1)
+    names = _ANCHOR_NAMES_V2[nearest]
+    share = float(weights.sum() / weights.size)
+    votes = {name: float(weights[names == name].sum()) for name in set(names.tolist())}
+    ranked = sorted(votes.items(), key=lambda item: -item[1])
+    total = sum(votes.values())
+    if ranked[0][1] >= DOMINANT_SHARE_V2 * total:
+        return WeakColor(ranked[0][0], "dominant", share)
+    if len(ranked) > 1 and ranked[1][1] >= MULTI_SHARE * total:
+        first, second = (
+            np.average(pixels[names == name], axis=0, weights=weights[names == name] + 1e-9)
+            for name, _ in ranked[:2]
+        )
+        if np.linalg.norm(first - second) > MULTI_DISTANCE:
+            return WeakColor("multi", "multi", share)
     return WeakColor(None, "no_dominant_colour", share)
 
 

@@ -86,6 +86,6 @@ def test_a_server_still_loading_is_waited_for() -> None:
 def test_our_service_with_a_missing_model_fails_fast(tmp_path: Path) -> None:
     started = time.perf_counter()
     # serve exits 1 with one line naming the setting (the engine core could not load it)
-    with pytest.raises(ServerStartError, match="the model did not load.*FF_MODEL_PATH"):
+    with pytest.raises(ServerStartError, match=r"the model did not load.*FF_MODEL_PATH"):
         spawn_service(tmp_path / "no-model", timeout_s=90)
     assert time.perf_counter() - started < 60
