@@ -135,6 +135,9 @@ LONGEST_FIRST = (
     "tests/bench/test_run.py",
     "tests/deploy/test_wheelhouse.py",
     "tests/service/test_supervisor.py",
+    "tests/test_docs.py",
+    "tests/service/http/test_ui_browser.py",
+    "tests/service/inference/decoding/test_iteration_oracle.py",
 )
 
 
