@@ -149,3 +149,14 @@ def test_cli_serve_with_valid_configuration_starts_the_server(
     monkeypatch.setenv("FF_MAX_BATCH_SIZE", "3")
     assert main(["serve", "--port", "8123"]) == 0
     assert [(s.max_batch_size, s.port) for s in started] == [(3, 8123)]
+
+
+def test_the_api_servers_follow_the_cpus_and_a_cgroup_quota(tmp_path: Path) -> None:
+    from service.supervisor import cpus_available, default_api_servers
+
+    assert [default_api_servers(n) for n in (1, 2, 3, 4, 16, 64)] == [1, 1, 1, 2, 8, 8]
+    affinity = cpus_available(tmp_path)  # no cgroup file: the affinity alone
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpus_available(tmp_path) == affinity
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # a limit of 1.5 CPUs
+    assert cpus_available(tmp_path) == min(affinity, 1)
