@@ -16,7 +16,7 @@ fractions of its saturation. Per scheduler, each part prints p50, p99 and img/s:
   class ``interactive``): the interactive latency, and the backfill's img/s beside it
   against alone (goal: within 10%).
 
-Every part is bounded in time (the whole run about 5 minutes, ``--quick`` about 1.5),
+Every part is bounded in time (the whole run about 6 minutes, ``--quick`` about 1.5),
 targets loopback only, and ends with the three ratios the goals are read from.
 """
 
