@@ -21,6 +21,7 @@ import random
 import statistics
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import zip_longest
 from pathlib import Path
@@ -146,10 +147,13 @@ async def open_loop(
     *,
     max_connections: int = 512,
     request_timeout_s: float = 120.0,
+    offsets_s: Sequence[float] | None = None,
 ) -> Tally:
     """Requests start on schedule at ``rate`` per second whatever the answers (how overload
     looks); idle connections are reused, at most ``max_connections`` are open (past that a
-    request waits for one, which the report shows as latency, not as lost work)."""
+    request waits for one, which the report shows as latency, not as lost work). With
+    ``offsets_s`` (seconds from the start, ascending) request ``i`` starts at
+    ``offsets_s[i]`` instead (e.g. Poisson arrivals), and there are at most that many."""
     tally = Tally()
     probe = RawConnection(base_url)
     encoded = [encode_upload(probe.authority, image) for image in images]
@@ -170,8 +174,8 @@ async def open_loop(
     started = time.perf_counter()
     tasks: list[asyncio.Task[None]] = []
     try:
-        for index in range(requests):
-            due = started + index / rate
+        for index in range(requests if offsets_s is None else min(requests, len(offsets_s))):
+            due = started + (index / rate if offsets_s is None else offsets_s[index])
             if due - started > limit_s:
                 break
             await asyncio.sleep(max(0.0, due - time.perf_counter()))

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,16 +35,28 @@ class RawResponse:
 
 def encode_upload(host: str, payload: bytes, path: str = "/v1/extract") -> bytes:
     """One complete ``POST path`` request with ``payload`` as the multipart field ``image``."""
+    return encode_uploads(host, [payload], path)
+
+
+def encode_uploads(
+    host: str,
+    payloads: Sequence[bytes],
+    path: str = "/v1/extract/batch",
+    headers: Mapping[str, str] | None = None,
+) -> bytes:
+    """One complete ``POST path`` request with each payload as a multipart field ``image``
+    (repeated, as ``/v1/extract/batch`` takes them) and any extra ``headers``."""
+    part_head = (
+        f'--{_BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="g.jpg"\r\n'
+        f"Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
     body = (
-        (
-            f'--{_BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="g.jpg"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + payload
-        + f"\r\n--{_BOUNDARY}--\r\n".encode()
+        b"".join(part_head + payload + b"\r\n" for payload in payloads)
+        + f"--{_BOUNDARY}--\r\n".encode()
     )
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ff-bench\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ff-bench\r\n{extra}"
         f"Content-Type: multipart/form-data; boundary={_BOUNDARY}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )

@@ -1,19 +1,23 @@
 """The iteration-level oracle: whatever the arrival schedule, every image's tokens equal
 what static batching gives it, and its confidences agree within 1e-5 (fp32, CPU). The
 real tiny Florence-2 (demo build), both output profiles, seeded schedules: joins at every
-step, a lone image, cancellations and expiries (rows leaving) mid-decode."""
+step, a lone image, cancellations and expiries (rows leaving) mid-decode, and a mixed
+interactive and batch load through the engine core's scheduler."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
 import pytest
 from PIL import Image
 
+from fashion_florence_client.protocol import Priority
 from model_store.loading import LoadedModel
 from model_store.profiles import PAPER_FOUR_FIELD_PROFILE, PROJECT_PROFILE
 from service.backend import ItemOutcome
+from service.engine_core.iteration import IterationScheduler
 from service.inference.decoding.decoders import DecodingMode
 from service.inference.engine import FlorenceEngine
 from service.inference.iteration import IterationRunner
@@ -93,3 +97,33 @@ def test_rows_leaving_mid_decode_change_no_one_else(
     assert 3 not in answered
     for n, outcome in answered.items():
         _agree(outcome, static[n])
+
+
+async def test_a_mixed_interactive_and_batch_load_through_the_scheduler(
+    engine: FlorenceEngine, images: list[Any]
+) -> None:
+    """The engine core's IterationScheduler over the real runner: a backfill queued first,
+    interactive images arriving at seeded times while it decodes. Interactive images
+    overtake the waiting backfill, and every image still gets its static answer."""
+    static = engine.run_batch(images)
+    classes = [Priority.BATCH] * 4 + [Priority.INTERACTIVE] * 2
+    scheduler = IterationScheduler(
+        IterationRunner(engine), max_rows=2, encoder_budget=1, batch_min_share=0.25
+    )
+    await scheduler.start()
+    rng = random.Random(11)
+    try:
+        tasks = []
+        for image, priority in zip(images, classes, strict=True):
+            tasks.append(asyncio.create_task(scheduler.submit_timed(image, priority=priority)))
+            if priority is Priority.INTERACTIVE:
+                await asyncio.sleep(rng.uniform(0.0, 0.01))  # joins while rows decode
+        timed = await asyncio.wait_for(asyncio.gather(*tasks), 120)
+    finally:
+        await scheduler.stop()
+    for n, answer in enumerate(timed):
+        _agree(answer.result, static[n])
+    # Two rows at most: the last backfill image was still waiting when the interactive
+    # images arrived, and they joined before it.
+    last_backfill = timed[3].started_at
+    assert all(answer.started_at < last_backfill for answer in timed[4:])
