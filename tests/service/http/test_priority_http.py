@@ -99,11 +99,11 @@ def test_a_backfill_cannot_take_the_room_interactive_requests_need() -> None:
     assert codes == ["ok", "ok", "queue_full", "queue_full"]
 
 
-@pytest.fixture(scope="module", params=["static", "iteration"])
+@pytest.fixture(scope="module", params=["static"])
 def demo_server(request: pytest.FixtureRequest) -> Iterator[str]:
     """`fashion-florence serve` with the shipped demo model: supervisor, engine core, API
-    servers, every image over ZeroMQ; with each scheduler (batches of 4, or 4 rows
-    encoded per iteration)."""
+    servers, every image over ZeroMQ; the default scheduler (batches of 4; the iteration
+    scheduler meets the real model in tests/service/inference/decoding/test_iteration_oracle.py)."""
     process, base_url = spawn_serve(
         {
             "FF_MAX_BATCH_SIZE": "4",
