@@ -20,7 +20,7 @@ MIN_TESTS ?= tests/service/inference tests/service/engine_core tests/service/ipc
 # The suite runs on this many pytest-xdist workers, a test file per worker at a time (module
 # fixtures such as a started server or Ray cluster stay in one process). Much of the suite
 # waits on subprocesses and sockets, so 2 workers suit a 2-core machine; 0 runs it serially.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 2
 # A bound on the minimum-versions run (about 5 min here), so a hang cannot eat CI's budget.
 MIN_TIMEOUT_S ?= 1200
 
