@@ -123,7 +123,7 @@ def service_section(suite: Row, service_over_offline: float, wait_ms: float) -> 
         closed_table(service["closed"]),
         "",
         f"cold start (spawn to /readyz 200): {service['cold_start_s']:.2f} s; "
-        f"peak RSS of the service process: {service['peak_rss_bytes'] / 2**20:.0f} MiB",
+        f"peak RSS of the service (all its processes): {service['peak_rss_bytes'] / 2**20:.0f} MiB",
         "",
         "## Service, open loop (constant arrival rate; the last row is 3x saturation)",
         "",

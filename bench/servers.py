@@ -216,6 +216,19 @@ def spawn_service(
     return spawn(argv, env, port, timeout_s=timeout_s)
 
 
+def service_peak_rss_bytes(pid: int) -> int:
+    """The peak RSS of ``pid`` and every process below it (our service: the supervisor,
+    the engine core, the API servers), added up: an upper bound, since the peaks need not
+    coincide. Read it before stopping the service."""
+    from service.telemetry.process_metrics import service_pids
+
+    total = 0
+    for member in service_pids(pid):
+        with contextlib.suppress(OSError, RuntimeError):  # it ended meanwhile
+            total += peak_rss_bytes(member)
+    return total
+
+
 def peak_rss_bytes(pid: int) -> int:
     """The process's peak resident set size (VmHWM), Linux only. Read it before stopping
     the process: /proc forgets it at exit."""

@@ -32,7 +32,7 @@ from bench.servers import (
     ENGINE_COUNTERS,
     ServerHandle,
     engine_counters,
-    peak_rss_bytes,
+    service_peak_rss_bytes,
     spawn_service,
 )
 from service.inference.engine import decoding_mode
@@ -98,7 +98,7 @@ def sweep_service(
             for fraction in plan.open_fractions
         ]
         overload = open_point(server.base_url, payloads, 3 * saturated, plan.point_s)
-        rss = peak_rss_bytes(server.pid)
+        rss = service_peak_rss_bytes(server.pid)
         cold = server.cold_start_s
     return {
         "cold_start_s": cold,
