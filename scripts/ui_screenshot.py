@@ -23,7 +23,7 @@ from selenium.webdriver.support.wait import WebDriverWait
 
 from model_store.synthetic import render_garment, sample_spec
 from tests.browser import missing_reason, start_chromium
-from tests.served import spawn_serve, wait_ready
+from tests.served import spawn_serve, stop_serve, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = REPO.parent / "shared" / "data" / "clothing-small" / "validation"
@@ -71,8 +71,7 @@ def take(out: Path, photos: Path, width: int, height: int) -> None:
     finally:
         if browser is not None:
             browser.quit()
-        process.kill()
-        process.wait(timeout=10)
+        stop_serve(process)
     print(f"wrote {out}")
 
 

@@ -60,6 +60,27 @@ STOP_TIMEOUT_S: Final = 10.0
 CoreTarget = Callable[[Settings, CoreAddress, SharedState, Connection], None]
 
 
+#: The run directory: ``TMPDIR/fashion-florence-XXXX``, holding the supervisor's pid.
+RUN_DIR_PREFIX: Final = "fashion-florence-"
+OWNER_FILE: Final = "supervisor.pid"
+
+
+def remove_orphaned_run_dirs(temp: Path) -> list[Path]:
+    """Remove the run directories of supervisors that no longer run: a supervisor that was
+    SIGKILLed (or the OOM killer's) could not remove its own, and a pod that restarts its
+    container in place keeps /tmp. A directory whose owner is alive, or unreadable, stays."""
+    removed = []
+    for run_dir in temp.glob(f"{RUN_DIR_PREFIX}*"):
+        try:
+            owner = int((run_dir / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if owner != os.getpid() and not Path(f"/proc/{owner}").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+            removed.append(run_dir)
+    return removed
+
+
 class StartupError(Exception):
     """The service cannot start; the message is the one line the user sees."""
 
@@ -122,7 +143,9 @@ class Supervisor:
         self.settings = settings
         self._core_target = core_target
         self._context = multiprocessing.get_context("spawn")
-        self._run_dir = Path(tempfile.mkdtemp(prefix="fashion-florence-"))
+        remove_orphaned_run_dirs(Path(tempfile.gettempdir()))
+        self._run_dir = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX))
+        (self._run_dir / OWNER_FILE).write_text(str(os.getpid()))
         self._metrics_dir = self._run_dir / "metrics"
         self._metrics_dir.mkdir()
         os.environ[METRICS_DIR_ENV] = str(self._metrics_dir)  # inherited by every child

@@ -4,6 +4,7 @@ whole server (uvicorn, lifespan, the real model): start it, wait for ``/readyz``
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -74,3 +75,15 @@ def wait_ready(
             return
         time.sleep(0.05)
     pytest.fail(f"the server was not ready within {timeout_s} s")
+
+
+def stop_serve(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as Kubernetes stops it: the supervisor drains its processes and removes its
+    run directory (a SIGKILL would leave that behind); SIGKILL only if it does not end."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)

@@ -160,3 +160,17 @@ def test_the_api_servers_follow_the_cpus_and_a_cgroup_quota(tmp_path: Path) -> N
     assert cpus_available(tmp_path) == affinity
     (tmp_path / "cpu.max").write_text("150000 100000\n")  # a limit of 1.5 CPUs
     assert cpus_available(tmp_path) == min(affinity, 1)
+
+
+def test_run_dirs_of_dead_supervisors_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    from service.supervisor import OWNER_FILE, RUN_DIR_PREFIX, remove_orphaned_run_dirs
+
+    dead, alive, foreign = (tmp_path / f"{RUN_DIR_PREFIX}{n}" for n in ("dead", "alive", "x"))
+    for run_dir in (dead, alive, foreign):
+        (run_dir / "metrics").mkdir(parents=True)
+    (dead / OWNER_FILE).write_text("999999999")  # above any pid_max: no such process
+    (alive / OWNER_FILE).write_text(str(os.getppid()))  # pytest's parent: running
+    assert remove_orphaned_run_dirs(tmp_path) == [dead]
+    assert not dead.exists()
+    assert alive.is_dir()
+    assert foreign.is_dir()  # no owner file: not ours to judge

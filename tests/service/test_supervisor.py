@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import photo_paths
 from tests.served import spawn_serve, stderr_of, wait_ready
+from tests.served import stop_serve as stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.load]
 
@@ -61,16 +62,6 @@ def metric(text: str, name: str) -> float:
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in /metrics")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import jpeg_bytes, photo_paths
 from tests.fakes import FakeBackend
 from tests.live import BLUE, RED, _no_ff_environment, live_service, settings
-from tests.served import spawn_serve, wait_ready
+from tests.served import spawn_serve, stop_serve, wait_ready
 
 __all__ = ["_no_ff_environment"]
 
@@ -118,8 +118,7 @@ def demo_server(request: pytest.FixtureRequest) -> Iterator[str]:
             wait_ready(process, client, 90.0)
         yield base_url
     finally:
-        process.kill()
-        process.wait(timeout=10)
+        stop_serve(process)
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ from model_store.synthetic import render_garment, sample_spec
 from tests.browser import console_errors, missing_reason, start_chromium
 from tests.fakes import FakeBackend
 from tests.live import BLUE, jpeg, live_service, settings
-from tests.served import spawn_serve, wait_ready
+from tests.served import spawn_serve, stop_serve, wait_ready
 
 pytestmark = [
     pytest.mark.slow,
@@ -58,8 +58,7 @@ def base_url() -> Iterator[str]:
             wait_ready(process, client, START_TIMEOUT_S)
         yield url
     finally:
-        process.kill()
-        process.wait(timeout=10)
+        stop_serve(process)
 
 
 @pytest.fixture(scope="module")
