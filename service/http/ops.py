@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -44,7 +45,10 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     get_runtime(request).publish_phase()  # the engine core may have restarted meanwhile
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+    # Reading every process's metrics files and /proc takes tens of milliseconds: off the
+    # event loop, so a scrape never stalls the requests this server is answering.
+    body = await asyncio.to_thread(request.app.state.metrics.render)
+    return Response(body, media_type=CONTENT_TYPE)
 
 
 @router.get(
