@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -44,6 +45,7 @@ from service.backend import ItemOutcome, ModelInfo
 from service.ipc.channel import CoreAddress
 from service.ipc.shared_state import SharedState
 from service.settings import Settings
+from service.supervisor import cpus_available
 from service.telemetry.process_metrics import service_pids
 
 TEST_PHOTOS: Final = Path(__file__).resolve().parents[2] / "shared" / "data" / "clothing-small"
@@ -163,7 +165,51 @@ def ipc(quick: bool) -> list[dict[str, Any]]:
     return [asyncio.run(_round_trips(side, 200 if quick else 2000)) for side in (64, 768)]
 
 
+def _cpu_s(pid: int) -> float:
+    """User plus system CPU seconds ``pid`` has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _listener_inode(port: int) -> str:
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        cols = line.split()
+        if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == "0A":  # LISTEN
+            return cols[9]
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def service_roles(root: int, port: int) -> dict[int, str]:
+    """Each process of a service by its role: the supervisor (the root), the API servers
+    (the processes that hold the listening socket), the engine core (the rest)."""
+    socket = f"socket:[{_listener_inode(port)}]"
+    roles = {}
+    for pid in service_pids(root):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            fds = [os.readlink(f) for f in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue  # ended meanwhile
+        if pid == root:
+            roles[pid] = "supervisor"
+        elif b"resource_tracker" in cmdline:
+            roles[pid] = "supervisor"  # multiprocessing's helper, started by the supervisor
+        else:
+            roles[pid] = "API servers" if socket in fds else "engine core"
+    return roles
+
+
+def cpu_by_role(roles: dict[int, str]) -> dict[str, float]:
+    totals: dict[str, float] = dict.fromkeys(roles.values(), 0.0)
+    for pid, role in roles.items():
+        with contextlib.suppress(OSError):
+            totals[role] += _cpu_s(pid)
+    return totals
+
+
 def intake(photos: list[bytes], seconds: float, side: int) -> list[dict[str, Any]]:
+    """Also where the CPU goes: CPU ms per answered image for each role and for the load
+    generator, and the most images/s the machine's CPUs allow at that cost."""
     rows = []
     for servers in (1, 2):
         port = free_port()
@@ -174,10 +220,18 @@ def intake(photos: list[bytes], seconds: float, side: int) -> list[dict[str, Any
         with spawn(argv, env, port) as handle:
             base = handle.base_url
             asyncio.run(closed_loop(base, photos[:64], 64, 10**9, 2.0))  # warm the servers
+            roles = service_roles(handle.pid, port)
+            before, own = cpu_by_role(roles), time.process_time()
             tally = asyncio.run(closed_loop(base, photos, 64, 10**9, seconds))
+            after, own = cpu_by_role(roles), time.process_time() - own
         row = summary(tally)
+        answered = max(1, len(tally.latencies_ok))
+        cpu_ms = {role: 1000 * (after[role] - before[role]) / answered for role in after}
+        cpu_ms["load generator"] = 1000 * own / answered
         rows.append({"api_servers": servers, "side": side, "img_s": row["throughput_ok_per_s"],
-                     "p99_ms": row["p99_ms"], "by_status": row["by_status"]})  # fmt: skip
+                     "p99_ms": row["p99_ms"], "by_status": row["by_status"],
+                     "cpu_ms_per_image": cpu_ms,
+                     "cpu_bound_img_s": 1000 * cpus_available() / sum(cpu_ms.values())})  # fmt: skip
     return rows
 
 
@@ -255,7 +309,16 @@ def render(result: dict[str, Any]) -> str:
                   "|---|---|---|---|"]  # fmt: skip
         lines += [f"| {r['api_servers']} | {r['side']} px | {r['img_s']:.1f} | {r['p99_ms']:.1f} |"
                   for r in result["intake"]]  # fmt: skip
+        roles = list(one["cpu_ms_per_image"])
+        lines += ["", "| API servers | " + " | ".join(f"CPU ms/img, {r}" for r in roles)
+                  + " | img/s the CPUs allow at that cost |",
+                  "|---" * (len(roles) + 2) + "|"]  # fmt: skip
+        lines += [f"| {r['api_servers']} | "
+                  + " | ".join(f"{r['cpu_ms_per_image'].get(k, 0.0):.2f}" for k in roles)
+                  + f" | {r['cpu_bound_img_s']:.1f} |" for r in result["intake"]]  # fmt: skip
         lines.append(f"intake scaling, 2/1 API servers: {two['img_s'] / one['img_s']:.2f}")
+        lines.append(f"intake scaling, most the CPUs allow (1 API server's cost): "
+                     f"{one['cpu_bound_img_s'] / one['img_s']:.2f}")  # fmt: skip
     if "fault" in result:
         f = result["fault"]
         lines += ["", f"fault: answers {json.dumps(f['statuses'])}",

@@ -114,6 +114,16 @@ class Settings(BaseSettings):
         default=16, ge=1, le=1024,
         description="Iteration scheduler: the most arrivals encoded (and joined) per iteration.",
     )  # fmt: skip
+    join_below_rows: int = Field(
+        default=8, ge=0, le=1024,
+        description="Iteration scheduler: while more rows than this are running, arrivals "
+        "wait to join until a full encoder budget waits, join_max_wait_ms passes, or an "
+        "interactive image waits with no interactive row running (fewer, fuller encoder calls).",
+    )  # fmt: skip
+    join_max_wait_ms: float = Field(
+        default=30.0, ge=0.0, le=10_000.0,
+        description="Iteration scheduler: the longest an arrival waits for the join gate.",
+    )  # fmt: skip
     # Scheduling classes (X-Priority: interactive first, batch with a guaranteed share)
     batch_min_share: float = Field(
         default=0.25, ge=0.05, le=1.0,

@@ -3,9 +3,9 @@
 Each iteration, on the one engine thread:
 
 1. rows whose caller left or whose deadline passed leave the running set;
-2. if there is room (``max_rows``) and work waiting, a micro-batch of arrivals (at most
-   ``encoder_budget``, interactive first with batch work's share, :mod:`.lanes`) is encoded
-   and joins;
+2. if there is room (``max_rows``), work waiting and the join gate opens, a micro-batch of
+   arrivals (at most ``encoder_budget``, interactive first with batch work's share,
+   :mod:`.lanes`) is encoded and joins;
 3. one decoder step runs for every running row; rows it finishes are answered at once.
 
 Out of device memory while encoding, the arrivals go back to the head of their lanes and
@@ -14,6 +14,24 @@ the start) and the row limit halves. Both grow back after a run of clean iterati
 image is failed ``OUT_OF_MEMORY`` only if it does not fit even alone, as with static
 batching. It has the :class:`service.engine_core.batching.MicroBatcher`'s interface, so
 the engine core uses either. No HTTP, model or metrics library is known here.
+
+The join gate. Every join stalls every running row for the arrivals' encoders, and an
+encoder call has a large fixed cost on a CPU (one image costs about a third of sixteen),
+so joining each arrival at the next step spends the engine's time on many small encoder
+calls and makes every row wait for all of them. So, while more than ``join_below_rows``
+rows run:
+
+* with no interactive row running, an interactive arrival joins at once, alone (it should
+  not queue behind a backfill's rows, and one small encoder call is cheap beside them);
+  other arrivals join when a full micro-batch (``encoder_budget``) waits or the
+  longest-waiting one has waited ``join_max_wait_s``;
+* while an interactive row runs, only interactive arrivals join, on the same full-or-late
+  rule, so the interactive rows' steps are not stretched by a backfill's encoders; batch
+  work keeps its share through :class:`.lanes.Lanes` and joins freely once the running set
+  thins.
+
+With the running set at or under ``join_below_rows``, whatever waits joins (up to the
+budget). ``join_below_rows=max_rows`` joins at every step, as a plain iteration scheduler.
 """
 
 from __future__ import annotations
@@ -84,6 +102,8 @@ class IterationScheduler:
         max_rows: int,
         encoder_budget: int,
         batch_min_share: float,
+        join_below_rows: int | None = None,
+        join_max_wait_s: float = 0.0,
         observer: IterationObserver | None = None,
         on_error: Callable[[BaseException], None] = lambda _exc: None,
         idle_poll_s: float = 1.0,
@@ -93,6 +113,8 @@ class IterationScheduler:
         self._runner = runner
         self._max_rows = self._rows_limit = max_rows
         self._budget = self._encoder_budget = encoder_budget
+        self._join_below = max_rows if join_below_rows is None else join_below_rows
+        self._join_wait_s = join_max_wait_s
         self._observer: IterationObserver = observer or _NullIterationObserver()
         self._on_error = on_error
         self.idle_poll_s = idle_poll_s
@@ -202,9 +224,9 @@ class IterationScheduler:
         assert self._executor is not None
         now = time.monotonic()
         work = _Work(self._leaving(now), [], [])
-        room = self._rows_limit - (len(self._running) - len(work.leaving))
-        if room > 0:
-            work.joining = self._lanes.take(min(room, self._budget), self._wanted)
+        size = self._join_size(now, self._rows_limit - len(self._running))
+        if size > 0:
+            work.joining = self._lanes.take(size, self._wanted)
             work.tags = [next(self._tags) for _ in work.joining]
         self._busy_since = started = time.monotonic()
         try:
@@ -217,6 +239,28 @@ class IterationScheduler:
             len(self._running),
         )  # fmt: skip
         self._report()
+
+    def _join_size(self, now: float, room: int) -> int:
+        """How many waiting arrivals to encode now: the join gate (above); 0 = none."""
+        size = min(room, self._budget)
+        if size <= 0 or len(self._running) <= self._join_below:
+            return max(size, 0)
+        interactive = self._lanes.waiting(Priority.INTERACTIVE)
+        interactive_running = any(
+            p.priority is Priority.INTERACTIVE for p in self._running.values()
+        )
+        if not interactive_running:
+            if interactive:
+                return min(size, interactive)
+            return size if self._due(now) else 0
+        return min(size, interactive) if interactive and self._due(now) else 0
+
+    def _due(self, now: float) -> bool:
+        """A full micro-batch waits, or the longest-waiting arrival has waited long enough."""
+        if len(self._lanes) >= self._budget:
+            return True
+        oldest = self._lanes.oldest(lambda pending: pending.enqueued_at)
+        return oldest is not None and now - oldest >= self._join_wait_s
 
     def _leaving(self, now: float) -> list[int]:
         """Running rows whose caller left or whose deadline passed: failed here, dropped

@@ -96,6 +96,8 @@ class InProcessEngine:
                 max_rows=settings.max_running_rows,
                 encoder_budget=settings.encoder_budget,
                 batch_min_share=settings.batch_min_share,
+                join_below_rows=settings.join_below_rows,
+                join_max_wait_s=settings.join_max_wait_ms / 1000,
                 observer=metrics,
                 on_error=self._on_step_error,
             )

@@ -23,6 +23,7 @@ class FakeRunner:
         self.rows: dict[int, list[int]] = {}  # tag -> [image, steps left]
         self.max_join, self.max_rows = max_join, max_rows
         self.joins: list[list[int]] = []
+        self.joined_at_step: list[int] = []
         self.left: list[int] = []
         self.steps = 0
         self.reset_calls = 0
@@ -35,6 +36,7 @@ class FakeRunner:
         if len(images) > self.max_join:
             raise DeviceOutOfMemoryError("encoder")
         self.joins.append(list(images))
+        self.joined_at_step.append(self.steps)
         for image, tag in zip(images, tags, strict=True):
             self.rows[tag] = [image, image]
 
@@ -159,3 +161,68 @@ async def test_waiting_interactive_images_are_encoded_first() -> None:
     # One row at a time: the shop's image (7) ran right after the first, ahead of the
     # backfill queued before it (batch work earns one slot in four while both wait).
     assert [images[0] for images in runner.joins] == [5, 7, 1, 1, 1]
+
+
+# The join gate: while more than join_below_rows rows run, arrivals wait for a fuller join
+
+
+async def test_the_gate_holds_arrivals_until_a_full_micro_batch_waits() -> None:
+    runner = FakeRunner()
+    scheduler = await _scheduler(
+        runner, max_rows=16, encoder_budget=3, join_below_rows=0, join_max_wait_s=60.0
+    )
+    try:
+        long = asyncio.create_task(_text(scheduler, 300))
+        await asyncio.sleep(0.02)
+        early = [asyncio.create_task(_text(scheduler, 2)) for _ in range(2)]
+        await asyncio.sleep(0.05)  # many steps: a plain iteration scheduler joins them now
+        assert runner.joins == [[300]]
+        late = asyncio.create_task(_text(scheduler, 2))  # the third makes a full budget
+        assert await asyncio.wait_for(asyncio.gather(*early, late), 5) == ["2"] * 3
+        long.cancel()
+    finally:
+        await scheduler.stop()
+    assert runner.joins[1] == [2, 2, 2]
+
+
+async def test_the_gate_lets_a_late_arrival_join_after_the_longest_wait() -> None:
+    runner = FakeRunner()
+    scheduler = await _scheduler(
+        runner, max_rows=16, encoder_budget=8, join_below_rows=0, join_max_wait_s=0.03
+    )
+    try:
+        long = asyncio.create_task(_text(scheduler, 1_000))
+        await asyncio.sleep(0.01)
+        waited = time.monotonic()
+        assert await asyncio.wait_for(_text(scheduler, 2), 5) == "2"
+        assert time.monotonic() - waited >= 0.03
+        long.cancel()
+    finally:
+        await scheduler.stop()
+    assert runner.joins[1] == [2]
+
+
+async def test_an_interactive_image_joins_a_backfill_alone_and_batch_work_waits_for_it() -> None:
+    runner = FakeRunner()
+    scheduler = await _scheduler(
+        runner, max_rows=16, encoder_budget=4, join_below_rows=2, join_max_wait_s=0.0
+    )
+    try:
+        backfill = [
+            asyncio.create_task(_text(scheduler, 200, priority=Priority.BATCH)) for _ in range(4)
+        ]
+        await asyncio.sleep(0.02)  # four batch rows run
+        shop = asyncio.create_task(_text(scheduler, 20, priority=Priority.INTERACTIVE))
+        await asyncio.sleep(0.005)
+        more = [asyncio.create_task(_text(scheduler, 1, priority=Priority.BATCH)) for _ in range(4)]
+        assert await asyncio.wait_for(shop, 5) == "20"
+        assert await asyncio.wait_for(asyncio.gather(*more), 5) == ["1"] * 4
+        for task in backfill:
+            task.cancel()
+    finally:
+        await scheduler.stop()
+    # The shop's image joined alone, at once; the batch images queued behind it joined
+    # neither with it nor in the 20 steps it ran (more than join_below_rows rows ran).
+    assert runner.joins == [[200] * 4, [20], [1] * 4]
+    shop_joined, batch_joined = runner.joined_at_step[1:]
+    assert batch_joined >= shop_joined + 20
