@@ -195,6 +195,13 @@ def print_shape(result: dict[str, Any]) -> None:
         print("\n" + service_section(service, ratio, WAIT_POLICY_MS))
     else:
         print(f"service saturated: {service['service']['saturated_img_s']:.1f} img/s")
+    if "schedulers" in service:
+        compared = service["schedulers"]
+        print(f"iteration/static saturation img/s: {compared['saturation_img_s']:.3f}")
+        for rate, p99 in compared["p99_at_rate"].items():
+            print(f"iteration/static p99 at {rate} img/s offered: {p99:.3f}")
+    else:
+        print(f"iteration scheduler: {json.dumps(service.get('iteration'), default=str)[:300]}")
 
 
 def service_figures(
@@ -213,6 +220,7 @@ def service_figures(
     return service_suite(
         Path(result["model_dir"]), payloads, extra_env=env, quick=not args.service_full,
         device=args.device, image_size=result["image_size"], deadline=budget.deadline,
+        compare_schedulers=True,
     )  # fmt: skip
 
 

@@ -88,13 +88,20 @@ def open_point(base_url: str, payloads: list[bytes], rate: float, seconds: float
 
 
 def sweep_service(
-    model_dir: Path, payloads: list[bytes], env: Mapping[str, str], plan: SuitePlan
+    model_dir: Path,
+    payloads: list[bytes],
+    env: Mapping[str, str],
+    plan: SuitePlan,
+    open_of_img_s: float | None = None,
 ) -> Row:
+    """``open_of_img_s``: the open loop's rates are fractions of this (another server's
+    saturation, to compare two at the same arrival rates) instead of this server's own."""
     with spawn_service(model_dir, env) as server:
         closed = [measure_ours(server, payloads, c, plan) for c in plan.concurrencies]
         saturated = max(row["img_s"] for row in closed)
+        reference = open_of_img_s or saturated
         opened = [
-            open_point(server.base_url, payloads, fraction * saturated, plan.point_s)
+            open_point(server.base_url, payloads, fraction * reference, plan.point_s)
             for fraction in plan.open_fractions
         ]
         overload = open_point(server.base_url, payloads, 3 * saturated, plan.point_s)
@@ -154,8 +161,11 @@ def service_suite(
     image_size: int = 128,
     device: str = "auto",
     deadline: float | None = None,
+    compare_schedulers: bool = False,
 ) -> Row:
     """All of the service figures; ``extra_env`` configures every spawn of our service.
+    ``compare_schedulers``: last, the same sweep with ``FF_SCHEDULER=iteration`` at the
+    static sweep's open-loop rates, and the ratios the scheduling goals are read from.
 
     With a ``deadline`` (``time.perf_counter()`` seconds) each part runs only if its
     estimated time is left, and a part that fails is recorded with its error while the
@@ -180,6 +190,14 @@ def service_suite(
             lambda: plumbing(payloads, image_size, plan),
         ),
     }
+    if compare_schedulers:
+        parts["iteration"] = (
+            parts["service"][0],
+            lambda: sweep_service(
+                model_dir, payloads, {**env, "FF_SCHEDULER": "iteration"}, plan,
+                open_of_img_s=out["service"]["saturated_img_s"],
+            ),
+        )  # fmt: skip
     out: Row = {"plan": plan.__dict__}
     for name, (estimate_s, work) in parts.items():
         if deadline is None:
@@ -196,7 +214,21 @@ def service_suite(
     if all(name in out and "error" not in out[name] and "skipped" not in out[name]
            for name in ("service", "paper_demo", "plumbing")):  # fmt: skip
         out["ratios"] = ratios(out["service"], out["paper_demo"], out["plumbing"])
+    if "saturated_img_s" in out.get("iteration", {}):
+        out["schedulers"] = scheduler_ratios(out["service"], out["iteration"])
     return out
+
+
+def scheduler_ratios(static: Row, iteration: Row) -> Row:
+    """iteration/static: saturation img/s, and p99 at each open-loop rate (the same
+    arrival rates for both)."""
+    return {
+        "saturation_img_s": iteration["saturated_img_s"] / max(static["saturated_img_s"], 1e-9),
+        "p99_at_rate": {
+            f"{row['rate_per_s']:.1f}": other["p99_ms"] / max(row["p99_ms"], 1e-9)
+            for row, other in zip(static["open"], iteration["open"], strict=True)
+        },
+    }
 
 
 def _at(rows: Sequence[Row], concurrency: int) -> Row:
