@@ -48,7 +48,7 @@ SHORT = DemoRecipe(
     vision_zoom_and_shift=False,
     vision_category_balance=0.0,
     vision_category_steps=0,
-    image_size=64,
+    image_size=128,
     pretrain=TrainConfig(
         preset="full", learning_rate=1e-3, max_steps=400, eval_every=400, batch_size=16,
         grad_accum=1, val_generate=0, device="cpu",
