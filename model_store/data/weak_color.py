@@ -1,9 +1,9 @@
 """A rule-based colour labeller: the dominant colour of a garment's pixels, or no answer.
 
 In the spirit of the paper's label collapse, a transparent rule rather than a model.
-:func:`label_color` (``weak-color-v3``) is ``weak-color-v2`` (below) with two changes for
-patterned garments, which v2 read as ``gray`` (black-and-white stripes and checks blur to
-gray at 48 px):
+:func:`label_color` (``weak-color-v3``) is ``weak-color-v2`` (below) changed for patterned
+garments, which v2 read as ``gray`` (black-and-white stripes and checks blur to gray at
+48 px):
 
 - the garment weights still come from the 48 px image, but the pixels vote at
   :data:`VOTE_SIDE` (each 48 px cell split into 3 x 3), so a stripe's pixels stay black
