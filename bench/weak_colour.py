@@ -1,8 +1,9 @@
 """The weak pixel-colour rule against the human colour labels of clothing-small's validation
 photos: coverage (share of photos it answers), agreement where it answers (right when the
 answer is among those the person accepted) and the confusion matrix per colour, for the
-first rule (``weak-color-v1``) and the current one, on the labels' ``tune`` half (which the
-current rule's settings were chosen on) and ``report`` half (never tuned on: quote this).
+first rule (``weak-color-v1``), the second (``weak-color-v2``) and the current one, on the
+labels' ``tune`` half (which each rule's settings were chosen on) and ``report`` half (never
+tuned on: quote this).
 
     python -m bench.weak_colour [--photos ../shared/data/clothing-small/validation]
 """
@@ -17,12 +18,21 @@ from typing import Any
 from PIL import Image
 
 from model_store.data.human_colors import HumanColour, Part, read_human_colours, score_colours
-from model_store.data.weak_color import VERSION, VERSION_V1, WeakColor, label_color, label_color_v1
+from model_store.data.weak_color import (
+    VERSION,
+    VERSION_V1,
+    VERSION_V2,
+    WeakColor,
+    label_color,
+    label_color_v1,
+    label_color_v2,
+)
 from model_store.evaluation.predict import open_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES: dict[str, Callable[[Image.Image], WeakColor]] = {
     VERSION_V1: label_color_v1,
+    VERSION_V2: label_color_v2,
     VERSION: label_color,
 }
 

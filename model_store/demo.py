@@ -59,7 +59,7 @@ from model_store.training.loop import train
 
 log = logging.getLogger(__name__)
 DEMO_NAME: Final = "fashion-florence-demo"
-RECIPE_VERSION: Final = 5  # 5: the photos' colours from weak-color-v2
+RECIPE_VERSION: Final = 6  # 6: the photos' colours from weak-color-v3
 #: The class folders of ../shared/data/clothing-small mapped to schema categories.
 CLOTHING_SMALL_MAPPING: Final = Path(__file__).parent / "data" / "clothing_small_mapping.json"
 
