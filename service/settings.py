@@ -121,7 +121,7 @@ class Settings(BaseSettings):
         "interactive image waits with no interactive row running (fewer, fuller encoder calls).",
     )  # fmt: skip
     join_max_wait_ms: float = Field(
-        default=30.0, ge=0.0, le=10_000.0,
+        default=200.0, ge=0.0, le=10_000.0,
         description="Iteration scheduler: the longest an arrival waits for the join gate.",
     )  # fmt: skip
     # Scheduling classes (X-Priority: interactive first, batch with a guaranteed share)

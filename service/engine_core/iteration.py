@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 #: Clean iterations after which a budget shrunk by out-of-memory doubles back.
 _REGROW_AFTER: Final = 256
 _DRAIN_HISTORY: Final = 64
+#: The most decoder steps the engine thread runs before handing back to the loop.
+_STEPS_PER_HAND_BACK: Final = 16
 
 
 class IterationObserver(BatchObserver, Protocol):
@@ -224,7 +226,9 @@ class IterationScheduler:
         assert self._executor is not None
         now = time.monotonic()
         work = _Work(self._leaving(now), [], [])
-        size = self._join_size(now, self._rows_limit - len(self._running))
+        rows = len(self._running)
+        interactive = any(p.priority is Priority.INTERACTIVE for p in self._running.values())
+        size = self._join_size(now, self._rows_limit - rows, rows, interactive)
         if size > 0:
             work.joining = self._lanes.take(size, self._wanted)
             work.tags = [next(self._tags) for _ in work.joining]
@@ -240,15 +244,15 @@ class IterationScheduler:
         )  # fmt: skip
         self._report()
 
-    def _join_size(self, now: float, room: int) -> int:
-        """How many waiting arrivals to encode now: the join gate (above); 0 = none."""
+    def _join_size(self, now: float, room: int, rows: int, interactive_running: bool) -> int:
+        """How many waiting arrivals to encode now, with ``rows`` running: the join gate
+        (above); 0 = none. Also read on the engine thread: it only reads the lanes."""
         size = min(room, self._budget)
-        if size <= 0 or len(self._running) <= self._join_below:
-            return max(size, 0)
+        if size <= 0 or not len(self._lanes):
+            return 0
+        if rows <= self._join_below:
+            return size
         interactive = self._lanes.waiting(Priority.INTERACTIVE)
-        interactive_running = any(
-            p.priority is Priority.INTERACTIVE for p in self._running.values()
-        )
         if not interactive_running:
             if interactive:
                 return min(size, interactive)
@@ -299,14 +303,33 @@ class IterationScheduler:
                     work.joined = True
                 except DeviceOutOfMemoryError:
                     pass  # handled on the loop: nothing joined
-            if self._runner.running:
+            steps = 0
+            while self._runner.running and self._step_again(work, steps):
                 try:
                     work.finished = self._runner.step()
-                    work.stepped = True
                 except DeviceOutOfMemoryError:
-                    pass  # every row as it was
+                    break  # every row as it was; the loop shrinks the set if none stepped
+                work.stepped = True
+                steps += 1
         except Exception as exc:
             work.error = exc
+
+    def _step_again(self, work: _Work, steps: int) -> bool:
+        """On the engine thread: whether to run another step before handing back to the
+        loop. Each hand-back costs two thread switches (and, on a busy CPU, waits for the
+        GIL), so steps that finish no row and change nothing the loop acts on run back to
+        back, up to ``_STEPS_PER_HAND_BACK``: the hand-back comes when a row finishes, a
+        caller leaves or a deadline passes, or the join gate would open."""
+        if steps == 0:
+            return True
+        if work.finished or steps >= _STEPS_PER_HAND_BACK:
+            return False
+        now = time.monotonic()
+        rows = [*self._running.values(), *(work.joining if work.joined else [])]
+        if any(pending.future.done() or pending.expired(now) for pending in rows):
+            return False
+        interactive = any(pending.priority is Priority.INTERACTIVE for pending in rows)
+        return self._join_size(now, self._rows_limit - len(rows), len(rows), interactive) == 0
 
     def _settle(self, work: _Work, started: float) -> None:
         if work.error is not None:
