@@ -99,23 +99,19 @@ def test_rows_leaving_mid_decode_change_no_one_else(
         _agree(outcome, static[n])
 
 
-@pytest.mark.parametrize(
-    "gate",
-    [{}, {"join_below_rows": 0, "join_max_wait_s": 0.005}],
-    ids=["join-every-step", "join-gate"],
-)
 async def test_a_mixed_interactive_and_batch_load_through_the_scheduler(
-    engine: FlorenceEngine, images: list[Any], gate: dict[str, Any]
+    engine: FlorenceEngine, images: list[Any]
 ) -> None:
-    """The engine core's IterationScheduler over the real runner: a backfill queued first,
-    interactive images arriving at seeded times while it decodes. Interactive images
-    overtake the waiting backfill, and every image still gets its static answer, whether
-    arrivals join at every step or wait at the join gate."""
+    """The engine core's IterationScheduler over the real runner, with its join gate on
+    (the other tests here join at every step): a backfill queued first, interactive images
+    arriving at seeded times while it decodes. Interactive images overtake the waiting
+    backfill, and every image still gets its static answer."""
     static = engine.run_batch(images)
     classes = [Priority.BATCH] * 4 + [Priority.INTERACTIVE] * 2
     scheduler = IterationScheduler(
-        IterationRunner(engine), max_rows=2, encoder_budget=1, batch_min_share=0.25, **gate
-    )
+        IterationRunner(engine), max_rows=2, encoder_budget=1, batch_min_share=0.25,
+        join_below_rows=0, join_max_wait_s=0.005,
+    )  # fmt: skip
     await scheduler.start()
     rng = random.Random(11)
     try:
