@@ -5,6 +5,7 @@ bounded in requests and time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -274,29 +275,41 @@ async def test_sigterm_drains_every_process_and_leaves_nothing_behind(
     assert_nothing_left(below, run_dir, shm_before)
 
 
-@pytest.mark.parametrize(
-    ("env", "status", "names"),
-    [
-        ({"FF_MODEL_PATH": "/nonexistent/model"}, 1, "FF_MODEL_PATH"),
-        ({"FF_MAX_NEW_TOKENS": "100"}, 1, "FF_MAX_NEW_TOKENS"),
-        ({"FF_DEVICE": "cuda"}, 1, "FF_DEVICE"),
-        ({"FF_API_SERVERS": "64"}, 2, "FF_API_SERVERS"),
-        ({"FF_API_SERVERS": "0"}, 2, "FF_API_SERVERS"),
-        ({"FF_MAX_BATCH_SIZE": "0"}, 2, "FF_MAX_BATCH_SIZE"),
-    ],
-)
+BAD_SETTINGS: list[tuple[dict[str, str], int, str]] = [
+    ({"FF_MODEL_PATH": "/nonexistent/model"}, 1, "FF_MODEL_PATH"),
+    ({"FF_MAX_NEW_TOKENS": "100"}, 1, "FF_MAX_NEW_TOKENS"),
+    ({"FF_DEVICE": "cuda"}, 1, "FF_DEVICE"),
+    ({"FF_API_SERVERS": "64"}, 2, "FF_API_SERVERS"),
+    ({"FF_API_SERVERS": "0"}, 2, "FF_API_SERVERS"),
+    ({"FF_MAX_BATCH_SIZE": "0"}, 2, "FF_MAX_BATCH_SIZE"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_starts() -> list[tuple[int | None, str]]:
+    """Every bad start at once (each mostly waits on its engine core's torch import, so
+    they overlap well): exit status and stderr, in ``BAD_SETTINGS`` order."""
+    processes = [spawn_serve({**env, "HF_HUB_OFFLINE": "1"})[0] for env, _, _ in BAD_SETTINGS]
+    deadline = time.monotonic() + 60
+    try:
+        for process in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+    finally:
+        for process in processes:
+            stop(process)
+    return [(process.returncode, stderr_of(process)) for process in processes]
+
+
+@pytest.mark.parametrize("case", range(len(BAD_SETTINGS)), ids=[n for _, _, n in BAD_SETTINGS])
 def test_a_bad_setting_stops_the_start_with_one_line(
-    env: dict[str, str], status: int, names: str
+    case: int, bad_starts: list[tuple[int | None, str]]
 ) -> None:
+    env, status, names = BAD_SETTINGS[case]
     if env.get("FF_DEVICE") == "cuda" and Path("/dev/nvidia0").exists():
         pytest.skip("this machine has a CUDA device, so FF_DEVICE=cuda is not a bad setting")
-    process, _ = spawn_serve({**env, "HF_HUB_OFFLINE": "1"})
-    try:
-        process.wait(timeout=30)
-    finally:
-        stop(process)
-    stderr = stderr_of(process)
-    assert process.returncode == status, stderr
+    returncode, stderr = bad_starts[case]
+    assert returncode == status, stderr
     ours = [line for line in stderr.splitlines() if "fashion-florence serve:" in line]
     assert len(ours) == 1, stderr
     assert names in ours[0]
