@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from bench import engine_core
+from bench.servers import free_port, spawn
 
 
 def test_the_ipc_round_trip_is_measured_at_both_sizes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -20,10 +21,10 @@ def test_the_ipc_round_trip_is_measured_at_both_sizes(capsys: pytest.CaptureFixt
 
 def test_the_intake_part_finds_each_process_by_its_role() -> None:
     """The CPU accounting's roles, from a real supervisor with two API servers."""
-    port = engine_core.free_port()
+    port = free_port()
     env = {"FF_HOST": "127.0.0.1", "FF_PORT": str(port), "FF_LOG_LEVEL": "warning"}
     argv = [sys.executable, "-m", "bench.engine_core", "--serve-instant", "2"]
-    with engine_core.spawn(argv, env, port) as handle:
+    with spawn(argv, env, port) as handle:
         roles = engine_core.service_roles(handle.pid, port)
         cpu = engine_core.cpu_by_role(roles)
     assert roles[handle.pid] == "supervisor"
