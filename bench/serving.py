@@ -195,7 +195,7 @@ def service_suite(
             parts["service"][0],
             lambda: sweep_service(
                 model_dir, payloads, {**env, "FF_SCHEDULER": "iteration"}, plan,
-                open_of_img_s=out["service"]["saturated_img_s"],
+                open_of_img_s=out.get("service", {}).get("saturated_img_s"),
             ),
         )  # fmt: skip
     out: Row = {"plan": plan.__dict__}

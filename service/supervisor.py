@@ -60,7 +60,8 @@ STOP_TIMEOUT_S: Final = 10.0
 CoreTarget = Callable[[Settings, CoreAddress, SharedState, Connection], None]
 
 
-#: The run directory: ``TMPDIR/fashion-florence-XXXX``, holding the supervisor's pid.
+#: The run directory: ``TMPDIR/fashion-florence-<random suffix>`` (:func:`tempfile.mkdtemp`),
+#: holding the supervisor's pid.
 RUN_DIR_PREFIX: Final = "fashion-florence-"
 OWNER_FILE: Final = "supervisor.pid"
 

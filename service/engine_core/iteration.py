@@ -226,9 +226,7 @@ class IterationScheduler:
         assert self._executor is not None
         now = time.monotonic()
         work = _Work(self._leaving(now), [], [])
-        rows = len(self._running)
-        interactive = any(p.priority is Priority.INTERACTIVE for p in self._running.values())
-        size = self._join_size(now, self._rows_limit - rows, rows, interactive)
+        size = self._join_size(now, list(self._running.values()))
         if size > 0:
             work.joining = self._lanes.take(size, self._wanted)
             work.tags = [next(self._tags) for _ in work.joining]
@@ -244,16 +242,16 @@ class IterationScheduler:
         )  # fmt: skip
         self._report()
 
-    def _join_size(self, now: float, room: int, rows: int, interactive_running: bool) -> int:
-        """How many waiting arrivals to encode now, with ``rows`` running: the join gate
-        (above); 0 = none. Also read on the engine thread: it only reads the lanes."""
-        size = min(room, self._budget)
+    def _join_size(self, now: float, running: list[_Pending[PreparedImage, ItemOutcome]]) -> int:
+        """How many waiting arrivals to encode now, with ``running`` rows: the join gate
+        (above); 0 = none. Also called on the engine thread: it only reads the lanes."""
+        size = min(self._rows_limit - len(running), self._budget)
         if size <= 0 or not len(self._lanes):
             return 0
-        if rows <= self._join_below:
+        if len(running) <= self._join_below:
             return size
         interactive = self._lanes.waiting(Priority.INTERACTIVE)
-        if not interactive_running:
+        if not any(pending.priority is Priority.INTERACTIVE for pending in running):
             if interactive:
                 return min(size, interactive)
             return size if self._due(now) else 0
@@ -328,8 +326,7 @@ class IterationScheduler:
         rows = [*self._running.values(), *(work.joining if work.joined else [])]
         if any(pending.future.done() or pending.expired(now) for pending in rows):
             return False
-        interactive = any(pending.priority is Priority.INTERACTIVE for pending in rows)
-        return self._join_size(now, self._rows_limit - len(rows), len(rows), interactive) == 0
+        return self._join_size(now, rows) == 0
 
     def _settle(self, work: _Work, started: float) -> None:
         if work.error is not None:
