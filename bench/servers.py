@@ -27,6 +27,8 @@ import httpx
 LOOPBACK: Final = "127.0.0.1"
 #: How much of the server's output a startup failure quotes.
 LOG_TAIL_BYTES: Final = 4000
+#: How long a stopped server's leftover workers get to exit after the SIGTERM before SIGKILL.
+GROUP_EXIT_S: Final = 5.0
 
 
 class ServerStartError(RuntimeError):
@@ -73,9 +75,22 @@ class ServerHandle:
                 self._signal(signal.SIGKILL)
                 self.process.wait(timeout=10)
         if self.group:
-            self._signal(signal.SIGKILL)  # workers that outlived their parent
+            # Workers that outlived their parent had the SIGTERM too: give them a moment
+            # to exit on their own (a SIGKILLed worker leaves its multiprocessing
+            # semaphores in /dev/shm), then SIGKILL whatever is left.
+            self._wait_group_gone(GROUP_EXIT_S)
+            self._signal(signal.SIGKILL)
         self.log.close()
         return int(self.process.returncode)
+
+    def _wait_group_gone(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
 
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
